@@ -1,0 +1,836 @@
+/**
+ * The server side of a WebSocket connection (RFC 6455): one {@linkcode Protocol} per
+ * connection drives a `Deno.Conn` (TCP or TLS) through the opening handshake, frame
+ * dispatch and the closing handshake, and calls back into your subclass.
+ *
+ * @example An echo server
+ * ```ts ignore
+ * import { Protocol } from "./protocol.ts";
+ *
+ * class Echo extends Protocol {
+ *   override onMessage(msg: string | Uint8Array) {
+ *     this.sendMessage(msg);
+ *   }
+ * }
+ * const users = new Map<string, Protocol>();
+ * for await (const conn of Deno.listen({ port: 9999 })) new Echo(users).serve(conn);
+ * ```
+ *
+ * @module
+ */
+
+import { decodeBase64, encodeBase64 } from "@std/encoding/base64";
+import { ProtocolError, WebSocketError } from "./errors.ts";
+import { CloseCode, decodeClosePayload, decodeText, encodeClosePayload, encodeFrame, Frame, Opcode } from "./frame.ts";
+
+/** Limits and timers of a connection; every one has a safe default. */
+export interface ProtocolOptions {
+  /** Largest message, in bytes, whole or summed over its fragments (default 16 MiB); over it: 1009. */
+  maxPayload?: number;
+  /** Most fragments in one message (default 65,536); over it: 1009. */
+  maxFragments?: number;
+  /** Largest HTTP request head in bytes (default 16 KiB); over it: 431. */
+  maxHeaderSize?: number;
+  /** Most header lines in the request head (default 100); over it: 431. */
+  maxHeaders?: number;
+  /** Milliseconds for the opening handshake to arrive (default 10,000); then the TCP connection is closed. */
+  handshakeTimeout?: number;
+  /** Milliseconds to wait for the peer's close frame and TCP close after ours (default 5,000). */
+  closeTimeout?: number;
+  /** Bytes the send queue may hold (default 16 MiB); see `backpressurePolicy`. */
+  maxBackpressure?: number;
+  /** What a message that would overfill the send queue does: close with 1008 (default) or be dropped. */
+  backpressurePolicy?: "close" | "drop";
+  /** Milliseconds between pings (default 30,000; 0 turns pings off). */
+  pingInterval?: number;
+  /** Milliseconds without any frame from the peer before closing with 1001 (default 60,000; 0 turns it off). */
+  idleTimeout?: number;
+  /** Origins allowed to connect (exact `Origin` values, or a predicate); others get 403. Default: all. */
+  allowedOrigins?: readonly string[] | ((origin: string | null) => boolean);
+}
+
+const DEFAULTS: Required<Omit<ProtocolOptions, "allowedOrigins">> = {
+  maxPayload: 16 * 1024 * 1024,
+  maxFragments: 65_536,
+  maxHeaderSize: 16 * 1024,
+  maxHeaders: 100,
+  handshakeTimeout: 10_000,
+  closeTimeout: 5_000,
+  maxBackpressure: 16 * 1024 * 1024,
+  backpressurePolicy: "close",
+  pingInterval: 30_000,
+  idleTimeout: 60_000,
+};
+
+/** The parsed opening handshake request. */
+export interface HandshakeRequest {
+  /** The request method, such as `GET`. */
+  method: string;
+  /** The request target's path, such as `/chat`. */
+  path: string;
+  /** The request target's query parameters. */
+  query: URLSearchParams;
+  /** The request headers. */
+  headers: Headers;
+}
+
+/** An HTTP answer to a request that is not a WebSocket upgrade (see `onHttpRequest`). */
+export interface HttpResponse {
+  /** The status code. */
+  status: number;
+  /** Extra headers; `Content-Length` and `Connection: close` are added. */
+  headers?: Record<string, string>;
+  /** The body. */
+  body?: string | Uint8Array;
+}
+
+/** The connection's state, as `WebSocket.readyState` but named. */
+export type ConnectionState = "connecting" | "open" | "closing" | "closed";
+
+/** The part of `Deno.Conn` a {@linkcode Protocol} uses; `Deno.TcpConn` and `Deno.TlsConn` both fit. */
+export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrite">;
+
+// RFC 6455 1.3: the GUID appended to Sec-WebSocket-Key.
+const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const INITIAL_BUFFER_SIZE = 4096;
+const COALESCE_LIMIT = 256 * 1024;
+const STATUS_TEXT: Readonly<Record<number, string>> = {
+  101: "Switching Protocols",
+  200: "OK",
+  400: "Bad Request",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  426: "Upgrade Required",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+const encoder = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
+
+/**
+ * The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key` (RFC 6455 4.2.2): the
+ * base64 SHA-1 of the key and the protocol's GUID.
+ *
+ * @example The RFC 6455 1.3 example
+ * ```ts
+ * import { computeAcceptKey } from "./protocol.ts";
+ *
+ * console.log(await computeAcceptKey("dGhlIHNhbXBsZSBub25jZQ==")); // "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+ * ```
+ *
+ * @param key The client's `Sec-WebSocket-Key`.
+ * @returns The base64 accept value.
+ */
+export async function computeAcceptKey(key: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + WEBSOCKET_GUID));
+  return encodeBase64(digest);
+}
+
+/**
+ * One WebSocket connection, server side. Subclass it and override the callbacks;
+ * build one per connection with the shared `users` map, then `serve(conn)`.
+ *
+ * @example A broadcast handler in the TwistedWebsocket style
+ * ```ts ignore
+ * import { Protocol } from "./protocol.ts";
+ *
+ * class Handler extends Protocol {
+ *   override onHandshake(header: string) {
+ *     console.log(`[HANDSHAKE] ${this.id} origin: ${/Origin\s*:\s*(\S+)/i.exec(header)?.[1]}`);
+ *   }
+ *   override onMessage(msg: string | Uint8Array) {
+ *     Protocol.broadcast(this.users.values(), msg);
+ *   }
+ * }
+ * const users = new Map<string, Protocol>();
+ * for await (const conn of Deno.listen({ port: 9999 })) new Handler(users).serve(conn);
+ * ```
+ */
+export class Protocol {
+  /** This connection's id, a UUID v4. */
+  readonly id: string = crypto.randomUUID();
+  /** Every connected user by id, shared by all connections; holds this one while it is open. */
+  readonly users: Map<string, Protocol>;
+  /** The opening handshake request, once it has been parsed. */
+  request: HandshakeRequest | undefined;
+  /** The subprotocol agreed on in the handshake, or `""`. */
+  protocol = "";
+  /** The closing handshake's code: the peer's, else the one sent, else 1006 (abnormal). */
+  closeCode: number = CloseCode.AbnormalClosure;
+  /** The closing handshake's reason. */
+  closeReason = "";
+
+  #options: Required<Omit<ProtocolOptions, "allowedOrigins">>;
+  #allowedOrigins: ProtocolOptions["allowedOrigins"];
+  #state: ConnectionState = "connecting";
+  #conn: Connection | undefined;
+  #connClosed = false;
+  #reading = true;
+  #closeSent = false;
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  #heartbeat: ReturnType<typeof setInterval> | undefined;
+  #lastSeen = 0;
+
+  // Read buffer: bytes [#start, #end) are received and not yet parsed.
+  #buffer = new Uint8Array(INITIAL_BUFFER_SIZE);
+  #start = 0;
+  #end = 0;
+
+  // The fragmented message being reassembled (RFC 6455 5.4).
+  #messageOpcode: number | undefined;
+  #fragments = new Uint8Array(0);
+  #fragmentBytes = 0;
+  #fragmentCount = 0;
+  #utf8Validator: TextDecoder | undefined;
+
+  // Send queue: frames not yet written, and the promise of the batch they will go in.
+  #queue: Uint8Array[] = [];
+  #queuedBytes = 0;
+  #flushing: Promise<void> | undefined;
+  #batchWritten: PromiseWithResolvers<boolean> | undefined;
+
+  /**
+   * Makes a connection handler.
+   *
+   * @param users The map of connected users, shared by all connections.
+   * @param options Limits and timers.
+   */
+  constructor(users: Map<string, Protocol> = new Map(), options: ProtocolOptions = {}) {
+    this.users = users;
+    const { allowedOrigins, ...limits } = options;
+    this.#options = { ...DEFAULTS, ...withoutUndefined(limits) };
+    this.#allowedOrigins = allowedOrigins;
+  }
+
+  /** The connection's state. */
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  /** Bytes queued for sending and not yet written to the socket. */
+  get bufferedAmount(): number {
+    return this.#queuedBytes;
+  }
+
+  /**
+   * Called with the raw HTTP request head once it is valid, before the answer.
+   * Return `false` (or throw a {@linkcode ProtocolError}) to refuse the connection
+   * with 403 (or the error's `status`). `this.request` holds the parsed request.
+   *
+   * @param _header The request head, request line and headers, as received.
+   * @returns `false` to refuse.
+   */
+  onHandshake(_header: string): boolean | void | Promise<boolean | void> {}
+
+  /**
+   * Chooses a subprotocol from those the client offers in `Sec-WebSocket-Protocol`,
+   * in its order of preference. The default accepts none.
+   *
+   * @param _offered The offered subprotocols.
+   * @returns One of them, or `undefined` for none.
+   */
+  selectProtocol(_offered: string[]): string | undefined {
+    return undefined;
+  }
+
+  /**
+   * Answers an HTTP request that is not a WebSocket upgrade (no `Upgrade` header).
+   * The default returns `undefined`, which answers 400.
+   *
+   * @param _request The parsed request.
+   * @returns The response, or `undefined` for the default.
+   */
+  onHttpRequest(_request: HandshakeRequest): HttpResponse | undefined {
+    return undefined;
+  }
+
+  /** Called once the connection is open and in `users`. */
+  onConnect(): void | Promise<void> {}
+
+  /** Called once when an open connection has ended, however it ended, after it left `users`. */
+  onDisconnect(): void | Promise<void> {}
+
+  /**
+   * Called for each whole message: a string for text, bytes for binary.
+   *
+   * @param _msg The message.
+   */
+  onMessage(_msg: string | Uint8Array): void | Promise<void> {}
+
+  /**
+   * Sends a message: text for a string, binary for bytes. Frames of one connection
+   * never interleave.
+   *
+   * @example
+   * ```ts ignore
+   * const written = await this.sendMessage("hello"); // false if the connection is closed
+   * ```
+   *
+   * @param msg The message.
+   * @returns A promise of `true` once the bytes are written, `false` if the
+   *   connection is closed or the message was dropped by the backpressure policy.
+   */
+  sendMessage(msg: string | Uint8Array): Promise<boolean> {
+    return this.#sendData(Frame.buildMessage(msg, false));
+  }
+
+  /**
+   * Sends a ping (RFC 6455 5.5.2); the peer answers with a pong.
+   *
+   * @param data Up to 125 bytes of application data.
+   * @returns A promise of `true` once written, `false` if the connection is not open.
+   */
+  ping(data: Uint8Array = new Uint8Array(0)): Promise<boolean> {
+    if (this.#state !== "open") return Promise.resolve(false);
+    if (data.length > 125) throw new RangeError(`Ping data must be at most 125 bytes, got ${data.length}`);
+    this.#enqueue(encodeFrame(Opcode.Ping, data));
+    return this.#written();
+  }
+
+  /**
+   * Starts the closing handshake (RFC 6455 7.1.2): sends a close frame after what is
+   * already queued, then waits for the peer's close frame and closes TCP, or closes
+   * it after `closeTimeout`.
+   *
+   * @param code The close code (default 1000).
+   * @param reason A reason of at most 123 bytes.
+   */
+  close(code: number = CloseCode.NormalClosure, reason = ""): void {
+    const payload = encodeClosePayload(code, reason);
+    if (this.#state === "connecting") {
+      this.#abort();
+    } else if (this.#state === "open") {
+      this.#state = "closing";
+      this.closeCode = code;
+      this.closeReason = reason;
+      this.#sendClose(payload);
+      this.#closeTimer = setTimeout(() => this.#abort(), this.#options.closeTimeout);
+    }
+  }
+
+  /**
+   * Sends one message to many connections, encoding its frame once. Recipients
+   * that are not open are skipped.
+   *
+   * @example
+   * ```ts ignore
+   * Protocol.broadcast(this.users.values(), `${this.id} connected`);
+   * ```
+   *
+   * @param recipients The connections to send to.
+   * @param msg The message.
+   * @returns How many recipients queued the message.
+   */
+  static broadcast(recipients: Iterable<Protocol>, msg: string | Uint8Array): number {
+    const frame = Frame.buildMessage(msg, false);
+    let count = 0;
+    for (const recipient of recipients) {
+      if (recipient.#state === "open" && recipient.#enqueueData(frame)) count++;
+    }
+    return count;
+  }
+
+  /**
+   * Runs the connection until it ends: the handshake, then frames, then the close.
+   * Never rejects; errors close the connection with the right code or status.
+   *
+   * @param conn A TCP or TLS connection from `Deno.listen` / `Deno.listenTls`.
+   * @returns A promise that settles when the connection has ended.
+   */
+  async serve(conn: Connection): Promise<void> {
+    this.#conn = conn;
+    (conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
+    let connected = false;
+    try {
+      if (!(await this.#handshake())) return;
+      this.#state = "open";
+      this.users.set(this.id, this);
+      connected = true;
+      this.#startHeartbeat();
+      this.#callback(() => this.onConnect());
+      this.#receive();
+      while (this.#reading && (await this.#read())) this.#receive();
+    } catch (error) {
+      if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
+    } finally {
+      await this.#finish();
+      if (connected) {
+        this.users.delete(this.id);
+        this.#callback(() => this.onDisconnect());
+      }
+    }
+  }
+
+  // --- Opening handshake (RFC 6455 4.2) ---
+
+  async #handshake(): Promise<boolean> {
+    const timer = setTimeout(() => this.#abort(), this.#options.handshakeTimeout);
+    try {
+      const headEnd = await this.#readHead();
+      if (headEnd < 0) return false;
+      const head = latin1.decode(this.#buffer.subarray(0, headEnd));
+      this.#start = headEnd + 4;
+      const { response, upgraded } = await this.#answer(head);
+      await this.#writeAll(response);
+      return upgraded;
+    } catch (error) {
+      if (!(error instanceof WebSocketError)) throw error;
+      await this.#writeAll(httpResponse({ status: error.status, body: error.message })).catch(() => {});
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // Reads until the blank line that ends the head; returns its offset, or -1 on EOF.
+  async #readHead(): Promise<number> {
+    let searchFrom = 0;
+    while (true) {
+      for (let i = searchFrom; i + 3 < this.#end; i++) {
+        if (
+          this.#buffer[i] === 13 && this.#buffer[i + 1] === 10 && this.#buffer[i + 2] === 13 &&
+          this.#buffer[i + 3] === 10
+        ) {
+          return i;
+        }
+      }
+      searchFrom = Math.max(0, this.#end - 3);
+      if (this.#end >= this.#options.maxHeaderSize) {
+        throw new ProtocolError(`Request head exceeds ${this.#options.maxHeaderSize} bytes`, { status: 431 });
+      }
+      if (!(await this.#read())) return -1;
+    }
+  }
+
+  // Checks the request and returns the HTTP answer; throws ProtocolError to refuse.
+  async #answer(head: string): Promise<{ response: Uint8Array; upgraded: boolean }> {
+    const request = parseRequestHead(head, this.#options.maxHeaders);
+    this.request = request;
+    const headers = request.headers;
+    if (!headers.has("upgrade")) {
+      const response = this.onHttpRequest(request);
+      if (response) return { response: httpResponse(response), upgraded: false };
+    }
+    if (request.method !== "GET") {
+      throw new ProtocolError(`Method must be GET, got ${request.method}`, { status: 405 });
+    }
+    if (!headers.has("host")) throw new ProtocolError("Missing Host header");
+    if (!hasToken(headers.get("upgrade"), "websocket")) {
+      throw new ProtocolError("Upgrade header must be websocket");
+    }
+    if (!hasToken(headers.get("connection"), "upgrade")) {
+      throw new ProtocolError("Connection header must contain upgrade");
+    }
+    const key = headers.get("sec-websocket-key") ?? "";
+    if (!/^[A-Za-z0-9+/]{22}==$/.test(key) || decodeBase64(key).length !== 16) {
+      throw new ProtocolError("Sec-WebSocket-Key must be 16 bytes in base64");
+    }
+    const version = headers.get("sec-websocket-version");
+    if (version === null) throw new ProtocolError("Missing Sec-WebSocket-Version header");
+    if (version.trim() !== "13") {
+      throw new ProtocolError(`Unsupported Sec-WebSocket-Version ${version}; this server speaks 13`, {
+        status: 426,
+      });
+    }
+    const origin = headers.get("origin");
+    if (!this.#originAllowed(origin)) throw new ProtocolError(`Origin ${origin} is not allowed`, { status: 403 });
+
+    const offered = (headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
+    const selected = offered.length > 0 ? this.selectProtocol(offered) : undefined;
+    if (selected !== undefined && !offered.includes(selected)) {
+      throw new ProtocolError(`Selected subprotocol ${selected} was not offered`, { status: 500 });
+    }
+    let verdict: boolean | void;
+    try {
+      verdict = await this.onHandshake(head);
+    } catch (error) {
+      if (error instanceof WebSocketError) throw error;
+      console.error(`[${this.id}] onHandshake failed:`, error);
+      throw new ProtocolError("Internal error", { status: 500, cause: error });
+    }
+    if (verdict === false) throw new ProtocolError("Connection refused", { status: 403 });
+
+    this.protocol = selected ?? "";
+    // RFC 6455 9.1: no extension is implemented, so none is accepted (the header is left out).
+    const response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+      `Sec-WebSocket-Accept: ${await computeAcceptKey(key)}\r\n` +
+      (selected ? `Sec-WebSocket-Protocol: ${selected}\r\n` : "") + "\r\n";
+    return { response: encoder.encode(response), upgraded: true };
+  }
+
+  #originAllowed(origin: string | null): boolean {
+    const allowed = this.#allowedOrigins;
+    if (allowed === undefined) return true;
+    return typeof allowed === "function" ? allowed(origin) : origin !== null && allowed.includes(origin);
+  }
+
+  // --- Reading ---
+
+  // Reads more bytes into the buffer; false at EOF.
+  async #read(): Promise<boolean> {
+    if (this.#end === this.#buffer.length) this.#makeRoom();
+    const count = await this.#conn!.read(this.#buffer.subarray(this.#end));
+    if (count === null) return false;
+    this.#end += count;
+    this.#lastSeen = Date.now();
+    return true;
+  }
+
+  // Moves unparsed bytes to the front, or doubles the buffer when they fill it, up to
+  // what the largest frame or request head needs: it grows only as bytes arrive.
+  #makeRoom(): void {
+    const pending = this.#buffer.subarray(this.#start, this.#end);
+    const limit = Math.max(this.#options.maxPayload + 14, this.#options.maxHeaderSize);
+    const buffer = this.#start > 0 ? this.#buffer : new Uint8Array(Math.min(this.#buffer.length * 2, limit));
+    buffer.set(pending);
+    this.#buffer = buffer;
+    this.#start = 0;
+    this.#end = pending.length;
+  }
+
+  // Parses and handles every complete frame in the buffer.
+  #receive(): void {
+    try {
+      while (this.#reading) {
+        const frame = Frame.decode(this.#buffer.subarray(this.#start, this.#end), {
+          masked: true,
+          copy: false,
+          // A fragment may not take its message over the limit; control frames always fit.
+          maxPayload: Math.max(this.#options.maxPayload - this.#fragmentBytes, 125),
+        });
+        if (frame === null) break;
+        this.#start += frame.length();
+        this.#handleFrame(frame);
+      }
+    } catch (error) {
+      if (!(error instanceof WebSocketError)) throw error;
+      this.#fail(error);
+    }
+    if (this.#start === this.#end) {
+      this.#start = this.#end = 0;
+      // Give back a buffer that a large frame grew.
+      if (this.#buffer.length > INITIAL_BUFFER_SIZE) this.#buffer = new Uint8Array(INITIAL_BUFFER_SIZE);
+    }
+  }
+
+  #handleFrame(frame: Frame): void {
+    switch (frame.opcode) {
+      case Opcode.Text:
+      case Opcode.Binary:
+        // RFC 6455 5.4: a new message may not start inside a fragmented one.
+        if (this.#messageOpcode !== undefined) {
+          throw new ProtocolError("New data frame inside a fragmented message", {
+            code: "WS_ERR_EXPECTED_CONTINUATION",
+          });
+        }
+        if (frame.fin) return this.#deliver(frame.opcode, frame.payload);
+        this.#messageOpcode = frame.opcode;
+        return this.#addFragment(frame.payload, false);
+      case Opcode.Continuation:
+        if (this.#messageOpcode === undefined) {
+          throw new ProtocolError("Continuation frame without a message to continue", {
+            code: "WS_ERR_UNEXPECTED_CONTINUATION",
+          });
+        }
+        return this.#addFragment(frame.payload, frame.fin);
+      case Opcode.Close:
+        return this.#receiveClose(frame.payload);
+      case Opcode.Ping:
+        // RFC 6455 5.5.2: answer with a pong carrying the same data, unless closing.
+        if (!this.#closeSent) this.#enqueue(encodeFrame(Opcode.Pong, frame.payload));
+        return;
+        // A pong, solicited or not, only shows the peer is alive (RFC 6455 5.5.3).
+    }
+  }
+
+  #addFragment(payload: Uint8Array, fin: boolean): void {
+    const total = this.#fragmentBytes + payload.length;
+    if (total > this.#options.maxPayload) throw tooBig(total, this.#options.maxPayload);
+    if (++this.#fragmentCount > this.#options.maxFragments) {
+      throw new ProtocolError(`Message has more than ${this.#options.maxFragments} fragments`, {
+        closeCode: CloseCode.MessageTooBig,
+        code: "WS_ERR_TOO_MANY_FRAGMENTS",
+      });
+    }
+    if (this.#messageOpcode === Opcode.Text) this.#validateUtf8(payload, fin);
+    if (total > this.#fragments.length) {
+      const grown = new Uint8Array(Math.min(Math.max(total, this.#fragments.length * 2), this.#options.maxPayload));
+      grown.set(this.#fragments.subarray(0, this.#fragmentBytes));
+      this.#fragments = grown;
+    }
+    this.#fragments.set(payload, this.#fragmentBytes);
+    this.#fragmentBytes = total;
+    if (!fin) return;
+    const opcode = this.#messageOpcode!;
+    const message = this.#fragments.subarray(0, total);
+    this.#messageOpcode = undefined;
+    this.#fragments = new Uint8Array(0);
+    this.#fragmentBytes = this.#fragmentCount = 0;
+    this.#deliver(opcode, message, false);
+  }
+
+  // RFC 6455 8.1: fail fast on invalid UTF-8, even when a character spans fragments.
+  #validateUtf8(payload: Uint8Array, fin: boolean): void {
+    this.#utf8Validator ??= new TextDecoder("utf-8", { fatal: true });
+    try {
+      this.#utf8Validator.decode(payload, { stream: !fin });
+    } catch (cause) {
+      this.#utf8Validator = undefined;
+      throw new ProtocolError("Text message is not valid UTF-8", {
+        closeCode: CloseCode.InvalidPayload,
+        code: "WS_ERR_INVALID_UTF8",
+        cause,
+      });
+    }
+  }
+
+  #deliver(opcode: number, payload: Uint8Array, copy = true): void {
+    if (this.#state !== "open" && this.#state !== "closing") return;
+    // A binary payload is a view into the read buffer, which is reused: copy it.
+    const message = opcode === Opcode.Text ? decodeText(payload) : copy ? payload.slice() : payload;
+    this.#callback(() => this.onMessage(message));
+  }
+
+  // RFC 6455 5.5.1: answer a close with a close echoing its code, then close TCP.
+  #receiveClose(payload: Uint8Array): void {
+    const { code, reason } = decodeClosePayload(payload);
+    this.#reading = false;
+    this.#state = "closed";
+    this.closeCode = code;
+    this.closeReason = reason;
+    if (!this.#closeSent) {
+      this.#sendClose(code === CloseCode.NoStatusReceived ? new Uint8Array(0) : payload.slice(0, 2));
+    }
+  }
+
+  // RFC 6455 7.1.7: fail the connection: send a close with the error's code, stop reading.
+  #fail(error: WebSocketError): void {
+    this.#reading = false;
+    if (this.#state === "open" || this.#state === "closing") {
+      if (!this.#closeSent) {
+        this.closeCode = error.closeCode;
+        this.closeReason = error.message;
+        this.#sendClose(encodeClosePayload(error.closeCode, truncateUtf8(error.message, 123)));
+      }
+      this.#state = "closed";
+    }
+  }
+
+  // Runs a user callback: a throw or rejection closes this connection with 1011.
+  #callback(run: () => void | Promise<void>): void {
+    const onError = (error: unknown) => {
+      console.error(`[${this.id}] callback failed:`, error);
+      if (this.#state === "open") this.close(CloseCode.InternalError, "Internal error");
+    };
+    try {
+      const result = run();
+      if (result instanceof Promise) result.catch(onError);
+    } catch (error) {
+      onError(error);
+    }
+  }
+
+  #startHeartbeat(): void {
+    const { pingInterval, idleTimeout } = this.#options;
+    const period = Math.min(pingInterval || Infinity, idleTimeout || Infinity);
+    if (period === Infinity) return;
+    this.#lastSeen = Date.now();
+    this.#heartbeat = setInterval(() => {
+      if (this.#state !== "open") return;
+      if (idleTimeout > 0 && Date.now() - this.#lastSeen >= idleTimeout) {
+        this.close(CloseCode.GoingAway, "Idle timeout");
+      } else if (pingInterval > 0) {
+        this.ping();
+      }
+    }, period);
+  }
+
+  // --- Writing ---
+
+  #sendData(frame: Uint8Array): Promise<boolean> {
+    if (this.#state !== "open" || !this.#enqueueData(frame)) return Promise.resolve(false);
+    return this.#written();
+  }
+
+  // Queues a data frame within the backpressure limit, applying the policy past it.
+  #enqueueData(frame: Uint8Array): boolean {
+    if (this.#queuedBytes > 0 && this.#queuedBytes + frame.length > this.#options.maxBackpressure) {
+      if (this.#options.backpressurePolicy === "close") {
+        this.close(CloseCode.PolicyViolation, "Send queue over its limit");
+      }
+      return false;
+    }
+    this.#enqueue(frame);
+    return true;
+  }
+
+  #sendClose(payload: Uint8Array): void {
+    this.#enqueue(encodeFrame(Opcode.Close, payload));
+    this.#closeSent = true;
+  }
+
+  #enqueue(frame: Uint8Array): void {
+    if (this.#closeSent || this.#connClosed) return;
+    this.#queue.push(frame);
+    this.#queuedBytes += frame.length;
+    this.#flushing ??= this.#flush();
+  }
+
+  // A promise for the batch the last queued frame will be written in.
+  #written(): Promise<boolean> {
+    this.#batchWritten ??= Promise.withResolvers<boolean>();
+    return this.#batchWritten.promise;
+  }
+
+  // Writes queued frames, all that are queued at once in one write where small.
+  async #flush(): Promise<void> {
+    let written = true;
+    while (this.#queue.length > 0 && written) {
+      const batch = this.#queue;
+      const batchWritten = this.#batchWritten;
+      this.#queue = [];
+      this.#batchWritten = undefined;
+      let bytes = 0;
+      for (const frame of batch) bytes += frame.length;
+      try {
+        if (batch.length === 1 || bytes > COALESCE_LIMIT) {
+          for (const frame of batch) await this.#writeAll(frame);
+        } else {
+          await this.#writeAll(concat(batch, bytes));
+        }
+      } catch {
+        written = false;
+        this.#abort();
+      }
+      this.#queuedBytes -= bytes;
+      batchWritten?.resolve(written);
+    }
+    this.#batchWritten?.resolve(false);
+    this.#flushing = undefined;
+  }
+
+  // Deno.Conn.write may write fewer bytes than given.
+  async #writeAll(bytes: Uint8Array): Promise<void> {
+    for (let offset = 0; offset < bytes.length;) offset += await this.#conn!.write(bytes.subarray(offset));
+  }
+
+  // --- Closing ---
+
+  // Flushes what is queued, half-closes, drains the peer until EOF, then closes; all within closeTimeout.
+  async #finish(): Promise<void> {
+    clearInterval(this.#heartbeat);
+    clearTimeout(this.#closeTimer);
+    this.#reading = false;
+    this.#state = "closed";
+    if (this.#connClosed) return;
+    const linger = setTimeout(() => this.#abort(), this.#options.closeTimeout);
+    try {
+      await this.#flushing;
+      // RFC 6455 7.1.1: the server closes TCP first. Half-close, then wait for the
+      // peer's FIN, so unread bytes do not turn our close into a reset.
+      if (!this.#connClosed) {
+        await this.#conn!.closeWrite();
+        this.#start = this.#end = 0;
+        while (!this.#connClosed && (await this.#conn!.read(this.#buffer)) !== null);
+      }
+    } catch {
+      // The peer reset or the linger timer fired: nothing more to do.
+    } finally {
+      clearTimeout(linger);
+      this.#abort();
+    }
+  }
+
+  // Closes the TCP connection now; pending reads and writes fail.
+  #abort(): void {
+    if (this.#connClosed) return;
+    this.#connClosed = true;
+    this.#state = "closed";
+    try {
+      this.#conn?.close();
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+function withoutUndefined<T extends object>(options: T): Partial<T> {
+  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>;
+}
+
+function tooBig(size: number, limit: number): ProtocolError {
+  return new ProtocolError(`Message of ${size} bytes exceeds the limit of ${limit}`, {
+    closeCode: CloseCode.MessageTooBig,
+    code: "WS_ERR_PAYLOAD_TOO_BIG",
+  });
+}
+
+// RFC 7230 3.1.1 and 3.2: request line, then header fields, no obsolete line folding.
+function parseRequestHead(head: string, maxHeaders: number): HandshakeRequest {
+  const lines = head.split("\r\n");
+  const requestLine = lines[0].split(" ");
+  if (requestLine.length !== 3 || !requestLine[0] || !requestLine[1]) {
+    throw new ProtocolError("Malformed request line");
+  }
+  const [method, target, version] = requestLine;
+  if (version !== "HTTP/1.1") throw new ProtocolError(`HTTP version must be HTTP/1.1, got ${version}`);
+  if (lines.length - 1 > maxHeaders) {
+    throw new ProtocolError(`More than ${maxHeaders} header fields`, { status: 431 });
+  }
+  const headers = new Headers();
+  for (let i = 1; i < lines.length; i++) {
+    const colon = lines[i].indexOf(":");
+    const name = lines[i].slice(0, colon);
+    if (colon <= 0 || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) {
+      throw new ProtocolError(`Malformed header line ${JSON.stringify(lines[i].slice(0, 40))}`);
+    }
+    try {
+      headers.append(name, lines[i].slice(colon + 1).trim());
+    } catch (cause) {
+      throw new ProtocolError(`Invalid value of header ${name}`, { cause });
+    }
+  }
+  const url = new URL(target, "http://localhost");
+  return { method, path: url.pathname, query: url.searchParams, headers };
+}
+
+// Whether a comma-separated header value holds `token`, case-insensitively.
+function hasToken(value: string | null, token: string): boolean {
+  return value !== null && value.split(",").some((part) => part.trim().toLowerCase() === token);
+}
+
+function httpResponse(response: HttpResponse): Uint8Array {
+  const body = typeof response.body === "string" ? encoder.encode(response.body) : response.body ?? new Uint8Array(0);
+  const headers = new Headers({ "Content-Type": "text/plain; charset=utf-8", ...response.headers });
+  if (response.status === 426) headers.set("Sec-WebSocket-Version", "13");
+  if (response.status === 405) headers.set("Allow", "GET");
+  headers.set("Content-Length", `${body.length}`);
+  headers.set("Connection", "close");
+  let head = `HTTP/1.1 ${response.status} ${STATUS_TEXT[response.status] ?? ""}\r\n`;
+  for (const [name, value] of headers) head += `${name}: ${value}\r\n`;
+  const headBytes = encoder.encode(head + "\r\n");
+  return concat([headBytes, body], headBytes.length + body.length);
+}
+
+function concat(chunks: Uint8Array[], length: number): Uint8Array {
+  const joined = new Uint8Array(length);
+  let offset = 0;
+  for (const chunk of chunks) {
+    joined.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return joined;
+}
+
+function truncateUtf8(text: string, maxBytes: number): string {
+  const bytes = encoder.encode(text);
+  return bytes.length <= maxBytes ? text : new TextDecoder().decode(bytes.subarray(0, maxBytes)).replace(/\uFFFD$/, "");
+}
+
+function isConnectionError(error: unknown): boolean {
+  return error instanceof Deno.errors.BadResource || error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.BrokenPipe || error instanceof Deno.errors.Interrupted ||
+    error instanceof Deno.errors.ConnectionAborted || error instanceof Deno.errors.UnexpectedEof;
+}

@@ -1,0 +1,246 @@
+/**
+ * The built-in broadcast server: every message goes to every connected user, the
+ * sender included, and connects and disconnects are announced to the others.
+ *
+ * ```sh
+ * deno run -N server.ts 9999
+ * ```
+ *
+ * @example Start it from code
+ * ```ts
+ * import { startServer } from "./server.ts";
+ *
+ * const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
+ * console.log(`listening on ${server.addr.port}`);
+ * await server.shutdown();
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "@std/cli/parse-args";
+import { CloseCode } from "./frame.ts";
+import { Protocol, type ProtocolOptions } from "./protocol.ts";
+
+/** Options of {@linkcode startServer}: where to listen, logging, and every {@linkcode ProtocolOptions} limit. */
+export interface ServerOptions extends ProtocolOptions {
+  /** Port to listen on (default 9999; 0 picks a free one). */
+  port?: number;
+  /** Address to listen on (default `0.0.0.0`). */
+  hostname?: string;
+  /** PEM certificate chain: serve wss:// (with `key`). */
+  cert?: string;
+  /** PEM private key of `cert`. */
+  key?: string;
+  /** Log nothing. */
+  quiet?: boolean;
+  /** Log every message too. */
+  verbose?: boolean;
+  /** Where log lines go (default `console.log`). */
+  log?: (line: string) => void;
+}
+
+/** A running broadcast server, as returned by {@linkcode startServer}. */
+export interface BroadcastServer {
+  /** The address it listens on. */
+  readonly addr: Deno.NetAddr;
+  /** The connected users by id. */
+  readonly users: Map<string, Protocol>;
+  /**
+   * Stops accepting, closes every connection with 1001 and waits for the closing
+   * handshakes (each bounded by `closeTimeout`).
+   */
+  shutdown(): Promise<void>;
+}
+
+/** The broadcast server's connection handler. */
+class BroadcastHandler extends Protocol {
+  #log: (line: string) => void;
+  #verbose: boolean;
+
+  constructor(users: Map<string, Protocol>, options: ServerOptions) {
+    super(users, options);
+    this.#log = options.quiet ? () => {} : options.log ?? console.log;
+    this.#verbose = options.verbose === true && !options.quiet;
+  }
+
+  override onHandshake(header: string): void {
+    const origin = /^Origin\s*:\s*(\S+)/im.exec(header)?.[1] ?? "(none)";
+    this.#log(`[HANDSHAKE] ${this.id} origin: ${origin}`);
+  }
+
+  override onConnect(): void {
+    this.#log(`[CONNECTION] ${this.id} connected`);
+    Protocol.broadcast(this.#others(), `${this.id} connected`);
+  }
+
+  override onDisconnect(): void {
+    this.#log(`[DISCONNECTION] ${this.id} disconnected (${this.closeCode})`);
+    Protocol.broadcast(this.users.values(), `${this.id} disconnected`);
+  }
+
+  override onMessage(msg: string | Uint8Array): void {
+    const count = Protocol.broadcast(this.users.values(), msg);
+    if (this.#verbose) {
+      const text = typeof msg === "string" ? msg : `<${msg.length} bytes>`;
+      this.#log(`[MESSAGE] from ${this.id} to ${count} users: ${text}`);
+    }
+  }
+
+  *#others(): Iterable<Protocol> {
+    for (const user of this.users.values()) if (user !== this) yield user;
+  }
+}
+
+/**
+ * Starts the broadcast server and returns at once.
+ *
+ * @example
+ * ```ts
+ * import { startServer } from "./server.ts";
+ *
+ * const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
+ * const socket = new WebSocket(`ws://127.0.0.1:${server.addr.port}/`);
+ * const message = await new Promise((resolve) => {
+ *   socket.onopen = () => socket.send("hello");
+ *   socket.onmessage = (event) => resolve(event.data);
+ * });
+ * console.log(message); // "hello"
+ * socket.close();
+ * await server.shutdown();
+ * ```
+ *
+ * @param options Where to listen, logging, and connection limits.
+ * @returns The running server.
+ */
+export function startServer(options: ServerOptions = {}): BroadcastServer {
+  const listenOptions = { port: options.port ?? 9999, hostname: options.hostname ?? "0.0.0.0" };
+  const listener = options.cert !== undefined && options.key !== undefined
+    ? Deno.listenTls({ ...listenOptions, cert: options.cert, key: options.key })
+    : Deno.listen(listenOptions);
+  const users = new Map<string, Protocol>();
+  const handlers = new Set<Protocol>();
+  const served = new Set<Promise<void>>();
+
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        const handler = new BroadcastHandler(users, options);
+        handlers.add(handler);
+        const done = handler.serve(conn).finally(() => {
+          handlers.delete(handler);
+          served.delete(done);
+        });
+        served.add(done);
+      }
+    } catch (error) {
+      if (!(error instanceof Deno.errors.BadResource)) throw error;
+    }
+  })();
+
+  let stopping: Promise<void> | undefined;
+  return {
+    addr: listener.addr,
+    users,
+    shutdown() {
+      stopping ??= (async () => {
+        listener.close();
+        await accepting;
+        for (const handler of handlers) handler.close(CloseCode.GoingAway, "Server shutting down");
+        await Promise.all(served);
+      })();
+      return stopping;
+    },
+  };
+}
+
+const USAGE = `Usage: deno run -N server.ts [PORT] [OPTIONS]
+
+A WebSocket broadcast server: every message goes to every connected user.
+
+Options:
+  --hostname HOST      address to listen on (default 0.0.0.0)
+  --max-payload BYTES  largest message accepted (default 16777216)
+  --cert FILE          PEM certificate: serve wss:// (needs --key and -R)
+  --key FILE           PEM private key of --cert
+  --quiet              log nothing
+  --verbose            log every message
+  --help               show this help`;
+
+/**
+ * Parses the command line into {@linkcode ServerOptions}; throws `Error` with a
+ * message for the user when an argument is wrong.
+ *
+ * @example
+ * ```ts
+ * import { parseServerArgs } from "./server.ts";
+ *
+ * console.log(parseServerArgs(["8080", "--quiet"])); // { port: 8080, quiet: true, ... }
+ * ```
+ *
+ * @param args The arguments, as `Deno.args`.
+ * @returns The options, or `undefined` when `--help` was asked for.
+ */
+export function parseServerArgs(args: string[]): ServerOptions | undefined {
+  const flags = parseArgs(args, {
+    string: ["hostname", "max-payload", "cert", "key"],
+    boolean: ["quiet", "verbose", "help"],
+    unknown: (arg: string) => {
+      if (arg.startsWith("-")) throw new Error(`Unknown option ${arg}`);
+      return true;
+    },
+  });
+  if (flags.help) return undefined;
+  if (flags._.length > 1) throw new Error(`Expected at most one PORT, got ${flags._.join(" ")}`);
+  const port = flags._.length === 1 ? parseInteger(String(flags._[0]), "PORT", 0, 65535) : 9999;
+  const options: ServerOptions = { port, quiet: flags.quiet, verbose: flags.verbose };
+  if (flags.hostname !== undefined) options.hostname = flags.hostname;
+  if (flags["max-payload"] !== undefined) {
+    options.maxPayload = parseInteger(flags["max-payload"], "--max-payload", 1, Number.MAX_SAFE_INTEGER);
+  }
+  if ((flags.cert === undefined) !== (flags.key === undefined)) throw new Error("--cert and --key go together");
+  if (flags.cert !== undefined && flags.key !== undefined) {
+    options.cert = readPem(flags.cert, "--cert");
+    options.key = readPem(flags.key, "--key");
+  }
+  return options;
+}
+
+function parseInteger(text: string, name: string, min: number, max: number): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < min || value > max) {
+    throw new Error(`${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
+  }
+  return value;
+}
+
+function readPem(path: string, name: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new Error(`${name} ${path}: ${error instanceof Error ? error.message : error}`);
+  }
+}
+
+if (import.meta.main) {
+  let options: ServerOptions | undefined;
+  try {
+    options = parseServerArgs(Deno.args);
+  } catch (error) {
+    console.error(`error: ${error instanceof Error ? error.message : error}\n\n${USAGE}`);
+    Deno.exit(2);
+  }
+  if (options === undefined) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const server = startServer(options);
+  const scheme = options.cert ? "wss" : "ws";
+  if (!options.quiet) console.log(`Listening on ${scheme}://${server.addr.hostname}:${server.addr.port}/`);
+  const stop = async () => {
+    await server.shutdown();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+}
