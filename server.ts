@@ -19,8 +19,9 @@
  */
 
 import { parseArgs } from "@std/cli/parse-args";
+import { CHAT_PAGE } from "./chat_page.ts";
 import { CloseCode } from "./frame.ts";
-import { Protocol, type ProtocolOptions } from "./protocol.ts";
+import { type HandshakeRequest, type HttpResponse, Protocol, type ProtocolOptions } from "./protocol.ts";
 
 /** Options of {@linkcode startServer}: where to listen, logging, and every {@linkcode ProtocolOptions} limit. */
 export interface ServerOptions extends ProtocolOptions {
@@ -38,6 +39,8 @@ export interface ServerOptions extends ProtocolOptions {
   verbose?: boolean;
   /** Where log lines go (default `console.log`). */
   log?: (line: string) => void;
+  /** Answer a plain `GET /` with the chat page (default `true`). */
+  page?: boolean;
 }
 
 /** A running broadcast server, as returned by {@linkcode startServer}. */
@@ -57,11 +60,21 @@ export interface BroadcastServer {
 class BroadcastHandler extends Protocol {
   #log: (line: string) => void;
   #verbose: boolean;
+  #page: boolean;
 
   constructor(users: Map<string, Protocol>, options: ServerOptions) {
     super(users, options);
     this.#log = options.quiet ? () => {} : options.log ?? console.log;
     this.#verbose = options.verbose === true && !options.quiet;
+    this.#page = options.page !== false;
+  }
+
+  // A request without `Upgrade`: the chat page at `/`, 404 elsewhere, 405 for other methods.
+  override onHttpRequest(request: HandshakeRequest): HttpResponse | undefined {
+    if (!this.#page) return undefined;
+    if (request.method !== "GET") return { status: 405, body: "Method Not Allowed" };
+    if (request.path !== "/") return { status: 404, body: "Not Found" };
+    return { status: 200, headers: { "Content-Type": "text/html; charset=utf-8" }, body: CHAT_PAGE };
   }
 
   override onHandshake(header: string): void {
@@ -165,6 +178,7 @@ Options:
   --key FILE           PEM private key of --cert
   --quiet              log nothing
   --verbose            log every message
+  --no-page            answer plain HTTP requests with 400, not the chat page
   --help               show this help`;
 
 /**
@@ -184,7 +198,9 @@ Options:
 export function parseServerArgs(args: string[]): ServerOptions | undefined {
   const flags = parseArgs(args, {
     string: ["hostname", "max-payload", "cert", "key"],
-    boolean: ["quiet", "verbose", "help"],
+    boolean: ["quiet", "verbose", "help", "page"],
+    negatable: ["page"],
+    default: { page: true },
     unknown: (arg: string) => {
       if (arg.startsWith("-")) throw new Error(`Unknown option ${arg}`);
       return true;
@@ -193,7 +209,7 @@ export function parseServerArgs(args: string[]): ServerOptions | undefined {
   if (flags.help) return undefined;
   if (flags._.length > 1) throw new Error(`Expected at most one PORT, got ${flags._.join(" ")}`);
   const port = flags._.length === 1 ? parseInteger(String(flags._[0]), "PORT", 0, 65535) : 9999;
-  const options: ServerOptions = { port, quiet: flags.quiet, verbose: flags.verbose };
+  const options: ServerOptions = { port, quiet: flags.quiet, verbose: flags.verbose, page: flags.page };
   if (flags.hostname !== undefined) options.hostname = flags.hostname;
   if (flags["max-payload"] !== undefined) {
     options.maxPayload = parseInteger(flags["max-payload"], "--max-payload", 1, Number.MAX_SAFE_INTEGER);
@@ -234,7 +250,14 @@ if (import.meta.main) {
     console.log(USAGE);
     Deno.exit(0);
   }
-  const server = startServer(options);
+  let server: BroadcastServer;
+  try {
+    server = startServer(options);
+  } catch (error) {
+    // A port in use is the machine's state; anything else (a bad certificate) is the arguments'.
+    console.error(`error: cannot listen: ${error instanceof Error ? error.message : error}`);
+    Deno.exit(error instanceof Deno.errors.AddrInUse ? 1 : 2);
+  }
   const scheme = options.cert ? "wss" : "ws";
   if (!options.quiet) console.log(`Listening on ${scheme}://${server.addr.hostname}:${server.addr.port}/`);
   const stop = async () => {
