@@ -370,6 +370,7 @@ export class Protocol {
     try {
       const headEnd = await this.#readHead();
       if (headEnd < 0) return false;
+      if (headEnd + 4 > this.#options.maxHeaderSize) throw headTooLarge(this.#options.maxHeaderSize);
       const head = latin1.decode(this.#buffer.subarray(0, headEnd));
       this.#start = headEnd + 4;
       const { response, upgraded } = await this.#answer(head);
@@ -397,9 +398,7 @@ export class Protocol {
         }
       }
       searchFrom = Math.max(0, this.#end - 3);
-      if (this.#end >= this.#options.maxHeaderSize) {
-        throw new ProtocolError(`Request head exceeds ${this.#options.maxHeaderSize} bytes`, { status: 431 });
-      }
+      if (this.#end >= this.#options.maxHeaderSize) throw headTooLarge(this.#options.maxHeaderSize);
       if (!(await this.#read())) return -1;
     }
   }
@@ -760,6 +759,10 @@ function withoutUndefined<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>;
 }
 
+function headTooLarge(limit: number): ProtocolError {
+  return new ProtocolError(`Request head exceeds ${limit} bytes`, { status: 431, code: "WS_ERR_HEAD_TOO_LARGE" });
+}
+
 function tooBig(size: number, limit: number): ProtocolError {
   return new ProtocolError(`Message of ${size} bytes exceeds the limit of ${limit}`, {
     closeCode: CloseCode.MessageTooBig,
@@ -792,7 +795,11 @@ function parseRequestHead(head: string, maxHeaders: number): HandshakeRequest {
       throw new ProtocolError(`Invalid value of header ${name}`, { cause });
     }
   }
-  const url = new URL(target, "http://localhost");
+  // RFC 7230 5.3: origin-form ("/path?query"); absolute-form is accepted too.
+  const url = URL.parse(target, "http://localhost");
+  if (url === null || !(target.startsWith("/") || /^https?:\/\//i.test(target))) {
+    throw new ProtocolError(`Malformed request target ${JSON.stringify(target.slice(0, 40))}`);
+  }
   return { method, path: url.pathname, query: url.searchParams, headers };
 }
 

@@ -21,6 +21,7 @@
 import { parseArgs } from "@std/cli/parse-args";
 import { CHAT_PAGE } from "./chat_page.ts";
 import { CloseCode } from "./frame.ts";
+import { ProtocolError } from "./errors.ts";
 import { type HandshakeRequest, type HttpResponse, Protocol, type ProtocolOptions } from "./protocol.ts";
 
 /** Options of {@linkcode startServer}: where to listen, logging, and every {@linkcode ProtocolOptions} limit. */
@@ -41,6 +42,8 @@ export interface ServerOptions extends ProtocolOptions {
   log?: (line: string) => void;
   /** Answer a plain `GET /` with the chat page (default `true`). */
   page?: boolean;
+  /** Most connections at once, handshakes included (default unlimited); past it: 503. */
+  maxConnections?: number;
 }
 
 /** A running broadcast server, as returned by {@linkcode startServer}. */
@@ -105,6 +108,13 @@ class BroadcastHandler extends Protocol {
   }
 }
 
+// Answers the opening handshake with 503 when the server is full.
+class FullHandler extends Protocol {
+  override onHandshake(): never {
+    throw new ProtocolError("Server is at its connection limit", { status: 503, code: "WS_ERR_SERVER_FULL" });
+  }
+}
+
 /**
  * Starts the broadcast server and returns at once.
  *
@@ -138,7 +148,8 @@ export function startServer(options: ServerOptions = {}): BroadcastServer {
   const accepting = (async () => {
     try {
       for await (const conn of listener) {
-        const handler = new BroadcastHandler(users, options);
+        const full = handlers.size >= (options.maxConnections ?? Infinity);
+        const handler = full ? new FullHandler(new Map(), options) : new BroadcastHandler(users, options);
         handlers.add(handler);
         const done = handler.serve(conn).finally(() => {
           handlers.delete(handler);
@@ -174,6 +185,8 @@ A WebSocket broadcast server: every message goes to every connected user.
 Options:
   --hostname HOST      address to listen on (default 0.0.0.0)
   --max-payload BYTES  largest message accepted (default 16777216)
+  --max-connections N  most connections at once; more get 503 (default unlimited)
+  --origin ORIGIN      accept only this Origin (repeatable; default any)
   --cert FILE          PEM certificate: serve wss:// (needs --key and -R)
   --key FILE           PEM private key of --cert
   --quiet              log nothing
@@ -197,7 +210,8 @@ Options:
  */
 export function parseServerArgs(args: string[]): ServerOptions | undefined {
   const flags = parseArgs(args, {
-    string: ["hostname", "max-payload", "cert", "key"],
+    string: ["hostname", "max-payload", "max-connections", "cert", "key", "origin"],
+    collect: ["origin"],
     boolean: ["quiet", "verbose", "help", "page"],
     negatable: ["page"],
     default: { page: true },
@@ -214,6 +228,10 @@ export function parseServerArgs(args: string[]): ServerOptions | undefined {
   if (flags["max-payload"] !== undefined) {
     options.maxPayload = parseInteger(flags["max-payload"], "--max-payload", 1, Number.MAX_SAFE_INTEGER);
   }
+  if (flags["max-connections"] !== undefined) {
+    options.maxConnections = parseInteger(flags["max-connections"], "--max-connections", 1, Number.MAX_SAFE_INTEGER);
+  }
+  if (flags.origin.length > 0) options.allowedOrigins = flags.origin as string[];
   if ((flags.cert === undefined) !== (flags.key === undefined)) throw new Error("--cert and --key go together");
   if (flags.cert !== undefined && flags.key !== undefined) {
     options.cert = readPem(flags.cert, "--cert");
