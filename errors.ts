@@ -6,7 +6,17 @@
  * @module
  */
 
-/** Options for {@linkcode WebSocketError} and its subclasses. */
+/**
+ * Options for {@linkcode WebSocketError} and its subclasses.
+ *
+ * @example
+ * ```ts
+ * import { ProtocolError, type WebSocketErrorOptions } from "./errors.ts";
+ *
+ * const options: WebSocketErrorOptions = { status: 401, code: "APP_UNAUTHORIZED" };
+ * const error = new ProtocolError("missing token", options);
+ * ```
+ */
 export interface WebSocketErrorOptions {
   /** RFC 6455 7.4.1 close code to close the connection with. */
   closeCode?: number;

@@ -110,7 +110,17 @@ export function isValidCloseCode(code: number): boolean {
   return REGISTERED_CLOSE_CODES.has(code) || (code >= 3000 && code <= 4999);
 }
 
-/** Options for decoding frames. */
+/**
+ * Options for decoding frames.
+ *
+ * @example A server reads masked frames of at most 1 MiB
+ * ```ts
+ * import { type DecodeOptions, Frame } from "./frame.ts";
+ *
+ * const options: DecodeOptions = { masked: true, maxPayload: 1024 * 1024 };
+ * const frame = Frame.decode(Frame.buildMessage("hi"), options);
+ * ```
+ */
 export interface DecodeOptions {
   /** Largest payload accepted, in bytes; a larger one throws with close code 1009. */
   maxPayload?: number;
@@ -383,7 +393,17 @@ function reservedOpcode(opcode: number): FrameError {
   return new FrameError(`Opcode ${opcode} is reserved`, { code: "WS_ERR_INVALID_OPCODE" });
 }
 
-/** Options for {@linkcode encodeFrame}. */
+/**
+ * Options for {@linkcode encodeFrame}.
+ *
+ * @example The first fragment of a client's message
+ * ```ts
+ * import { encodeFrame, type EncodeOptions, Opcode } from "./frame.ts";
+ *
+ * const options: EncodeOptions = { fin: false, mask: true };
+ * const frame = encodeFrame(Opcode.Text, new TextEncoder().encode("part"), options);
+ * ```
+ */
 export interface EncodeOptions {
   /** Whether this is the final fragment of its message (default `true`). */
   fin?: boolean;

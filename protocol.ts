@@ -23,7 +23,17 @@ import { decodeBase64, encodeBase64 } from "@std/encoding/base64";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import { CloseCode, decodeClosePayload, decodeText, encodeClosePayload, encodeFrame, Frame, Opcode } from "./frame.ts";
 
-/** Limits and timers of a connection; every one has a safe default. */
+/**
+ * Limits and timers of a connection; every one has a safe default.
+ *
+ * @example
+ * ```ts
+ * import { Protocol, type ProtocolOptions } from "./protocol.ts";
+ *
+ * const options: ProtocolOptions = { maxPayload: 64 * 1024, allowedOrigins: ["https://example.com"] };
+ * const handler = new Protocol(new Map(), options);
+ * ```
+ */
 export interface ProtocolOptions {
   /** Largest message, in bytes, whole or summed over its fragments (default 16 MiB); over it: 1009. */
   maxPayload?: number;
@@ -62,7 +72,20 @@ const DEFAULTS: Required<Omit<ProtocolOptions, "allowedOrigins">> = {
   idleTimeout: 60_000,
 };
 
-/** The parsed opening handshake request. */
+/**
+ * The parsed opening handshake request, as `this.request` in a {@linkcode Protocol}.
+ *
+ * @example Refuse connections without a token in the query
+ * ```ts
+ * import { Protocol } from "./protocol.ts";
+ *
+ * class Handler extends Protocol {
+ *   override onHandshake() {
+ *     return this.request?.query.get("token") === "secret";
+ *   }
+ * }
+ * ```
+ */
 export interface HandshakeRequest {
   /** The request method, such as `GET`. */
   method: string;
@@ -74,7 +97,20 @@ export interface HandshakeRequest {
   headers: Headers;
 }
 
-/** An HTTP answer to a request that is not a WebSocket upgrade (see `onHttpRequest`). */
+/**
+ * An HTTP answer to a request that is not a WebSocket upgrade (see `onHttpRequest`).
+ *
+ * @example
+ * ```ts
+ * import { type HandshakeRequest, type HttpResponse, Protocol } from "./protocol.ts";
+ *
+ * class Handler extends Protocol {
+ *   override onHttpRequest(request: HandshakeRequest): HttpResponse | undefined {
+ *     if (request.path === "/health") return { status: 200, body: "ok" };
+ *   }
+ * }
+ * ```
+ */
 export interface HttpResponse {
   /** The status code. */
   status: number;
@@ -84,10 +120,29 @@ export interface HttpResponse {
   body?: string | Uint8Array;
 }
 
-/** The connection's state, as `WebSocket.readyState` but named. */
+/**
+ * The connection's state, as `WebSocket.readyState` but named.
+ *
+ * @example
+ * ```ts
+ * import { Protocol } from "./protocol.ts";
+ *
+ * console.log(new Protocol().state); // "connecting"
+ * ```
+ */
 export type ConnectionState = "connecting" | "open" | "closing" | "closed";
 
-/** The part of `Deno.Conn` a {@linkcode Protocol} uses; `Deno.TcpConn` and `Deno.TlsConn` both fit. */
+/**
+ * The part of `Deno.Conn` a {@linkcode Protocol} uses; `Deno.TcpConn` and
+ * `Deno.TlsConn` both fit, and so does an in-memory stand-in for tests.
+ *
+ * @example
+ * ```ts ignore
+ * import { type Connection, Protocol } from "./protocol.ts";
+ *
+ * const conn: Connection = await Deno.connect({ port: 9999 });
+ * ```
+ */
 export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrite">;
 
 // RFC 6455 1.3: the GUID appended to Sec-WebSocket-Key.

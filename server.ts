@@ -24,7 +24,18 @@ import { CloseCode } from "./frame.ts";
 import { ProtocolError } from "./errors.ts";
 import { type HandshakeRequest, type HttpResponse, Protocol, type ProtocolOptions } from "./protocol.ts";
 
-/** Options of {@linkcode startServer}: where to listen, logging, and every {@linkcode ProtocolOptions} limit. */
+/**
+ * Options of {@linkcode startServer}: where to listen, logging, and every
+ * {@linkcode ProtocolOptions} limit.
+ *
+ * @example
+ * ```ts
+ * import { type ServerOptions, startServer } from "./server.ts";
+ *
+ * const options: ServerOptions = { port: 0, hostname: "127.0.0.1", quiet: true, maxConnections: 100 };
+ * await startServer(options).shutdown();
+ * ```
+ */
 export interface ServerOptions extends ProtocolOptions {
   /** Port to listen on (default 9999; 0 picks a free one). */
   port?: number;
@@ -46,7 +57,18 @@ export interface ServerOptions extends ProtocolOptions {
   maxConnections?: number;
 }
 
-/** A running broadcast server, as returned by {@linkcode startServer}. */
+/**
+ * A running broadcast server, as returned by {@linkcode startServer}.
+ *
+ * @example
+ * ```ts
+ * import { type BroadcastServer, startServer } from "./server.ts";
+ *
+ * const server: BroadcastServer = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
+ * console.log(server.users.size); // 0
+ * await server.shutdown();
+ * ```
+ */
 export interface BroadcastServer {
   /** The address it listens on. */
   readonly addr: Deno.NetAddr;
