@@ -143,11 +143,12 @@ interface FrameHeader {
   rsv2: boolean;
   rsv3: boolean;
   opcode: number;
-  maskKey: Uint8Array | undefined;
+  masked: boolean;
   payloadLength: number;
   headerLength: number;
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 const textEncoder = new TextEncoder();
 
@@ -208,11 +209,14 @@ export class Frame {
     this.rsv2 = header.rsv2;
     this.rsv3 = header.rsv3;
     this.opcode = header.opcode;
-    this.masked = header.maskKey !== undefined;
-    this.maskKey = header.maskKey;
-    this.payload = options.copy === false
-      ? buf.subarray(header.headerLength, frameLength)
-      : buf.slice(header.headerLength, frameLength);
+    this.masked = header.masked;
+    // Views are cheap and new buffers are not: without `copy`, nothing is allocated.
+    const { headerLength } = header;
+    const copy = options.copy !== false;
+    if (header.masked) {
+      this.maskKey = copy ? buf.slice(headerLength - 4, headerLength) : buf.subarray(headerLength - 4, headerLength);
+    }
+    this.payload = copy ? buf.slice(headerLength, frameLength) : buf.subarray(headerLength, frameLength);
     if (this.maskKey) applyMask(this.payload, this.maskKey);
     this.#length = frameLength;
   }
@@ -371,10 +375,8 @@ function readHeader(buf: Uint8Array, options: DecodeOptions): FrameHeader | null
     });
   }
 
-  let maskKey: Uint8Array | undefined;
   if (masked) {
     if (buf.length < headerLength + 4) return null;
-    maskKey = buf.slice(headerLength, headerLength + 4);
     headerLength += 4;
   }
   return {
@@ -383,7 +385,7 @@ function readHeader(buf: Uint8Array, options: DecodeOptions): FrameHeader | null
     rsv2: (first & 0x20) !== 0,
     rsv3: (first & 0x10) !== 0,
     opcode,
-    maskKey,
+    masked,
     payloadLength,
     headerLength,
   };
@@ -489,10 +491,14 @@ export function applyMask(data: Uint8Array, maskKey: Uint8Array): void {
     // Byte-wise up to a 4-byte boundary of the buffer, so that a Uint32Array view fits.
     const lead = (4 - (data.byteOffset & 3)) & 3;
     for (; index < lead; index++) data[index] ^= maskKey[index & 3];
-    // The key rotated to start at `lead`, read as one word in the platform's byte order.
-    const rotated = new Uint8Array(4);
-    for (let k = 0; k < 4; k++) rotated[k] = maskKey[(lead + k) & 3];
-    const key = new Uint32Array(rotated.buffer)[0];
+    // The key rotated to start at `lead`, as one word in the platform's byte order.
+    const k0 = maskKey[lead & 3],
+      k1 = maskKey[(lead + 1) & 3],
+      k2 = maskKey[(lead + 2) & 3],
+      k3 = maskKey[(lead + 3) & 3];
+    const key = LITTLE_ENDIAN
+      ? (k0 | (k1 << 8) | (k2 << 16) | (k3 << 24)) >>> 0
+      : ((k0 << 24) | (k1 << 16) | (k2 << 8) | k3) >>> 0;
     const words = new Uint32Array(data.buffer, data.byteOffset + lead, (length - lead) >>> 2);
     const count = words.length;
     for (let w = 0; w < count; w++) words[w] ^= key;
