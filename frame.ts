@@ -267,9 +267,7 @@ export class Frame {
    * @returns The encoded frame.
    */
   static buildMessage(msg: string | Uint8Array, mask = true): Uint8Array {
-    return typeof msg === "string"
-      ? encodeFrame(Opcode.Text, textEncoder.encode(msg), { mask })
-      : encodeFrame(Opcode.Binary, msg, { mask });
+    return encodeFrame(typeof msg === "string" ? Opcode.Text : Opcode.Binary, msg, { mask });
   }
 
   /**
@@ -413,6 +411,12 @@ export interface EncodeOptions {
   mask?: boolean;
   /** Mask with this 4-byte key instead of a random one. */
   maskKey?: Uint8Array;
+  /**
+   * Where the frame's bytes go: returns a buffer of exactly `length` bytes (default
+   * a new `Uint8Array`). A pool that hands out views of a larger buffer saves an
+   * allocation per frame.
+   */
+  allocate?: (length: number) => Uint8Array;
 }
 
 /**
@@ -432,34 +436,66 @@ export interface EncodeOptions {
  * ```
  *
  * @param opcode The frame's opcode.
- * @param payload The payload bytes.
- * @param options FIN and masking.
+ * @param payload The payload: bytes, or a string to encode as UTF-8.
+ * @param options FIN, masking, and where the bytes go.
  * @returns The frame's bytes.
  */
-export function encodeFrame(opcode: Opcode, payload: Uint8Array, options: EncodeOptions = {}): Uint8Array {
-  const payloadLength = payload.length;
-  const maskKey = options.maskKey ?? (options.mask ? crypto.getRandomValues(new Uint8Array(4)) : undefined);
-  const lengthBytes = payloadLength < 126 ? 0 : payloadLength < 0x10000 ? 2 : 8;
-  const headerLength = 2 + lengthBytes + (maskKey ? 4 : 0);
-  const frame = new Uint8Array(headerLength + payloadLength);
-  frame[0] = (options.fin === false ? 0 : 0x80) | opcode;
+export function encodeFrame(opcode: Opcode, payload: Uint8Array | string, options: EncodeOptions = {}): Uint8Array {
+  const bytes = typeof payload === "string" ? encodeUtf8(payload) : payload;
+  const maskKey = options.maskKey ?? (options.mask ? crypto.getRandomValues(maskKeyScratch) : undefined);
+  const headerLength = frameHeaderLength(bytes.length, maskKey !== undefined);
+  const length = headerLength + bytes.length;
+  const frame = options.allocate ? options.allocate(length) : new Uint8Array(length);
+  frame.set(bytes, headerLength);
+  return writeHeader(frame, bytes.length, opcode, options.fin !== false, maskKey);
+}
+
+// Text is encoded into a reused scratch buffer and copied once into the frame: a new
+// buffer per message costs far more than the copy.
+const SCRATCH_CHARS = 16 * 1024;
+const utf8Scratch = new Uint8Array(3 * SCRATCH_CHARS);
+const maskKeyScratch = new Uint8Array(4);
+
+function encodeUtf8(text: string): Uint8Array {
+  if (text.length > SCRATCH_CHARS) return textEncoder.encode(text);
+  return utf8Scratch.subarray(0, textEncoder.encodeInto(text, utf8Scratch).written);
+}
+
+function frameHeaderLength(payloadLength: number, masked: boolean): number {
+  return 2 + (payloadLength < 126 ? 0 : payloadLength < 0x10000 ? 2 : 8) + (masked ? 4 : 0);
+}
+
+// Fills in the header of `frame`, whose payload is already in place at its end, and masks the payload.
+function writeHeader(
+  frame: Uint8Array,
+  payloadLength: number,
+  opcode: number,
+  fin: boolean,
+  maskKey: Uint8Array | undefined,
+): Uint8Array {
   const maskBit = maskKey ? 0x80 : 0;
-  if (lengthBytes === 0) {
+  frame[0] = (fin ? 0x80 : 0) | opcode;
+  let offset = 2;
+  if (payloadLength < 126) {
     frame[1] = maskBit | payloadLength;
-  } else if (lengthBytes === 2) {
+  } else if (payloadLength < 0x10000) {
     frame[1] = maskBit | 126;
     frame[2] = payloadLength >>> 8;
     frame[3] = payloadLength & 0xff;
+    offset = 4;
   } else {
     frame[1] = maskBit | 127;
     const high = Math.floor(payloadLength / 0x100000000);
-    new DataView(frame.buffer).setUint32(2, high);
-    new DataView(frame.buffer).setUint32(6, payloadLength >>> 0);
+    const low = payloadLength >>> 0;
+    for (let i = 0; i < 4; i++) {
+      frame[2 + i] = (high >>> (24 - 8 * i)) & 0xff;
+      frame[6 + i] = (low >>> (24 - 8 * i)) & 0xff;
+    }
+    offset = 10;
   }
-  frame.set(payload, headerLength);
   if (maskKey) {
-    frame.set(maskKey, headerLength - 4);
-    applyMask(frame.subarray(headerLength), maskKey);
+    frame.set(maskKey, offset);
+    applyMask(frame.subarray(offset + 4), maskKey);
   }
   return frame;
 }
