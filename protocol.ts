@@ -348,8 +348,9 @@ export class Protocol {
   ping(data: Uint8Array = new Uint8Array(0)): Promise<boolean> {
     if (this.#state !== "open") return Promise.resolve(false);
     if (data.length > 125) throw new RangeError(`Ping data must be at most 125 bytes, got ${data.length}`);
+    const written = this.#written();
     this.#enqueue(encodeFrame(Opcode.Ping, data, pooled));
-    return this.#written();
+    return written;
   }
 
   /**
@@ -712,8 +713,9 @@ export class Protocol {
   // --- Writing ---
 
   #sendData(frame: Uint8Array): Promise<boolean> {
-    if (this.#state !== "open" || !this.#enqueueData(frame)) return Promise.resolve(false);
-    return this.#written();
+    if (this.#state !== "open") return Promise.resolve(false);
+    const written = this.#written();
+    return this.#enqueueData(frame) ? written : Promise.resolve(false);
   }
 
   // Queues a data frame within the backpressure limit, applying the policy past it.
@@ -737,7 +739,8 @@ export class Protocol {
     if (this.#closeSent || this.#connClosed) return;
     this.#queue.push(frame);
     this.#queuedBytes += frame.length;
-    this.#flushing ??= this.#flush();
+    // Start writing once the current task is done: frames sent together go in one write.
+    this.#flushing ??= Promise.resolve().then(() => this.#flush());
   }
 
   // A promise for the batch the last queued frame will be written in.
