@@ -1,0 +1,407 @@
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
+import WsClient from "ws";
+import { Opcode } from "./frame.ts";
+import { parseServerArgs, startServer } from "./server.ts";
+import { RawClient, TIMEOUT, within } from "./test_util.ts";
+
+// ---------------------------------------------------------------- real clients, one scenario
+
+type PeerEvent =
+  | { ev: "open" }
+  | { ev: "text"; data: string }
+  | { ev: "binary"; length: number; sum: number }
+  | { ev: "close"; code: number; reason: string };
+
+/** A WebSocket client of some implementation, seen as a stream of events. */
+interface Peer {
+  next(): Promise<PeerEvent>;
+  send(text: string): void;
+  sendBinary(size: number): void;
+  close(code: number, reason: string): void;
+  /** Resolves when the client (and its process, if any) is gone. */
+  done(): Promise<void>;
+}
+
+class EventQueue {
+  #events: PeerEvent[] = [];
+  #waiting: ((event: PeerEvent) => void)[] = [];
+  push(event: PeerEvent): void {
+    const waiter = this.#waiting.shift();
+    if (waiter) waiter(event);
+    else this.#events.push(event);
+  }
+  next(): Promise<PeerEvent> {
+    const event = this.#events.shift();
+    if (event) return Promise.resolve(event);
+    return within(new Promise((resolve) => this.#waiting.push(resolve)), TIMEOUT, "client event");
+  }
+}
+
+const pattern = (size: number) => new Uint8Array(size).map((_, i) => i % 251);
+const checksum = (bytes: Uint8Array) => bytes.reduce((sum, byte) => (sum + byte) % 2 ** 32, 0);
+const binaryEvent = (bytes: Uint8Array): PeerEvent => ({ ev: "binary", length: bytes.length, sum: checksum(bytes) });
+
+function denoPeer(url: string): Peer {
+  const events = new EventQueue();
+  const closed = Promise.withResolvers<void>();
+  const socket = new WebSocket(url);
+  socket.binaryType = "arraybuffer";
+  socket.onopen = () => events.push({ ev: "open" });
+  socket.onmessage = (event) =>
+    events.push(
+      typeof event.data === "string" ? { ev: "text", data: event.data } : binaryEvent(new Uint8Array(event.data)),
+    );
+  socket.onclose = (event) => {
+    events.push({ ev: "close", code: event.code, reason: event.reason });
+    closed.resolve();
+  };
+  return {
+    next: () => events.next(),
+    send: (text) => socket.send(text),
+    sendBinary: (size) => socket.send(pattern(size)),
+    close: (code, reason) => socket.close(code, reason),
+    done: () => closed.promise,
+  };
+}
+
+function nodeWsPeer(url: string): Peer {
+  const events = new EventQueue();
+  const closed = Promise.withResolvers<void>();
+  const socket = new WsClient(url, { perMessageDeflate: false });
+  socket.on("open", () => events.push({ ev: "open" }));
+  socket.on(
+    "message",
+    (data: Uint8Array, isBinary: boolean) =>
+      events.push(isBinary ? binaryEvent(new Uint8Array(data)) : { ev: "text", data: new TextDecoder().decode(data) }),
+  );
+  socket.on("close", (code: number, reason: Uint8Array) => {
+    events.push({ ev: "close", code, reason: new TextDecoder().decode(reason) });
+    closed.resolve();
+  });
+  return {
+    next: () => events.next(),
+    send: (text) => socket.send(text),
+    sendBinary: (size) => socket.send(pattern(size)),
+    close: (code, reason) => socket.close(code, reason),
+    done: () => closed.promise,
+  };
+}
+
+const PYTHON = "/usr/bin/python3";
+
+function pythonPeer(url: string): Peer {
+  const events = new EventQueue();
+  const child = new Deno.Command(PYTHON, {
+    args: [new URL("./testdata/python_peer.py", import.meta.url).pathname, url],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const stdin = child.stdin.getWriter();
+  const reading = (async () => {
+    let pending = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      pending += chunk;
+      for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
+        events.push(JSON.parse(pending.slice(0, newline)));
+        pending = pending.slice(newline + 1);
+      }
+    }
+  })();
+  const command = (value: unknown) => void stdin.write(new TextEncoder().encode(JSON.stringify(value) + "\n"));
+  return {
+    next: () => events.next(),
+    send: (text) => command({ op: "send", text }),
+    sendBinary: (size) => command({ op: "sendBinary", size }),
+    close: (code, reason) => command({ op: "close", code, reason }),
+    async done() {
+      await stdin.close().catch(() => {});
+      await reading;
+      assertEquals((await within(child.status, TIMEOUT, "python client to exit")).code, 0);
+    },
+  };
+}
+
+/** Whether a real peer is installed; in CI a missing peer fails instead of being ignored. */
+function peerMissing(check: () => boolean): boolean {
+  let installed = false;
+  try {
+    installed = check();
+  } catch {
+    installed = false;
+  }
+  return !installed && !Deno.env.get("CI");
+}
+
+const pythonMissing = peerMissing(() =>
+  new Deno.Command(PYTHON, { args: ["-c", "import websockets"], stderr: "null" }).outputSync().success
+);
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + TIMEOUT;
+  while (!condition()) {
+    assert(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+async function expectEvent(peer: Peer, expected: PeerEvent): Promise<void> {
+  assertEquals(await peer.next(), expected);
+}
+
+// Two clients of one implementation on the broadcast server: notices, text, binary,
+// a client's close with its code, the server's shutdown with 1001.
+async function broadcastScenario(makePeer: (url: string) => Peer): Promise<void> {
+  const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
+  const url = `ws://127.0.0.1:${server.addr.port}/`;
+  try {
+    const a = makePeer(url);
+    await expectEvent(a, { ev: "open" });
+    await until(() => server.users.size === 1, "the first user");
+    const b = makePeer(url);
+    await expectEvent(b, { ev: "open" });
+
+    const notice = await a.next();
+    if (notice.ev !== "text") throw new Error(`expected a connect notice, got ${JSON.stringify(notice)}`);
+    assertMatch(notice.data, /^[0-9a-f-]{36} connected$/);
+    const bId = notice.data.split(" ")[0];
+    assert(server.users.has(bId));
+
+    a.send("hello from a");
+    await expectEvent(a, { ev: "text", data: "hello from a" });
+    await expectEvent(b, { ev: "text", data: "hello from a" }); // b never saw its own notice
+
+    b.sendBinary(70_000);
+    const binary = binaryEvent(pattern(70_000));
+    await expectEvent(a, binary);
+    await expectEvent(b, binary);
+
+    b.close(4000, "bye");
+    const closed = await b.next();
+    assertEquals(closed.ev === "close" && closed.code, 4000);
+    await expectEvent(a, { ev: "text", data: `${bId} disconnected` });
+    await b.done();
+    await until(() => server.users.size === 1, "the user to leave");
+
+    await server.shutdown();
+    const shutdown = await a.next();
+    assertEquals(shutdown.ev === "close" && [shutdown.code, shutdown.reason], [1001, "Server shutting down"]);
+    await a.done();
+    assertEquals(server.users.size, 0);
+  } finally {
+    await server.shutdown();
+  }
+}
+
+Deno.test("interop: Deno's WebSocket client", () => broadcastScenario(denoPeer));
+
+Deno.test({
+  name: "interop: the npm ws client",
+  // ws keeps Node-compat timers and sockets that settle after the test.
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: () => broadcastScenario(nodeWsPeer),
+});
+
+Deno.test({
+  name: "interop: Python websockets (Debian python3-websockets)",
+  ignore: pythonMissing,
+  fn: () => broadcastScenario(pythonPeer),
+});
+
+// ---------------------------------------------------------------- the README example
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close();
+  return port;
+}
+
+Deno.test("README: the ported TwistedWebsocket example runs as written", async () => {
+  const readme = await Deno.readTextFile(new URL("./README.md", import.meta.url));
+  const section = readme.slice(readme.indexOf("## Example: TwistedWebsocket's broadcast server"));
+  const code = section.slice(section.indexOf("```ts\n") + 6, section.indexOf("\n```", section.indexOf("```ts\n")));
+  assertStringIncludes(code, "class WebSocketHandler extends Protocol");
+  const file = new URL("./.example_test_tmp.ts", import.meta.url).pathname;
+  await Deno.writeTextFile(file, code);
+  const port = freePort();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-N", file, String(port)],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  try {
+    let socket: WebSocket | undefined;
+    const deadline = Date.now() + 20_000; // the first run may type-check
+    while (!socket) {
+      assert(Date.now() < deadline, "the example never accepted a connection");
+      try {
+        (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+        socket = new WebSocket(`ws://127.0.0.1:${port}/`);
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+    const sockets = [socket, new WebSocket(`ws://127.0.0.1:${port}/`)];
+    const received = sockets.map(() => [] as string[]);
+    const enough = sockets.map(() => Promise.withResolvers<void>());
+    sockets.forEach((ws, i) =>
+      ws.onmessage = (event) => {
+        received[i].push(event.data);
+        if (received[i].includes("hi all")) enough[i].resolve();
+      }
+    );
+    await within(Promise.all(sockets.map((ws) => new Promise((resolve) => ws.onopen = resolve))));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    sockets[1].send("hi all");
+    await within(Promise.all(enough.map((signal) => signal.promise)));
+    assert(received[0].some((message) => / connected$/.test(message)), "no connect notice");
+    const closed = sockets.map((ws) => new Promise((resolve) => ws.onclose = resolve));
+    sockets.forEach((ws) => ws.close());
+    await within(Promise.all(closed));
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await child.stdout.cancel();
+    await Deno.remove(file);
+  }
+});
+
+// ---------------------------------------------------------------- the command line
+
+const SERVER = new URL("./server.ts", import.meta.url).pathname;
+
+async function runServer(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const output = await new Deno.Command(Deno.execPath(), { args: ["run", "-N", "-R", SERVER, ...args] }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+}
+
+Deno.test("CLI: bad arguments print the error and the usage and exit 2", async (t) => {
+  const cases: [string[], string][] = [
+    [["--bogus"], "Unknown option --bogus"],
+    [["70000"], "PORT must be an integer from 0 to 65535"],
+    [["abc"], "PORT must be an integer"],
+    [["1", "2"], "at most one PORT"],
+    [["--max-payload", "0"], "--max-payload must be"],
+    [["--cert", "cert.pem"], "--cert and --key go together"],
+    [["--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"], "--cert /nonexistent.pem"],
+  ];
+  for (const [args, message] of cases) {
+    await t.step(args.join(" "), async () => {
+      const { code, stderr } = await runServer(...args);
+      assertEquals(code, 2, stderr);
+      assertStringIncludes(stderr, message);
+      assertStringIncludes(stderr, "Usage:");
+      assert(!/^\s+at /m.test(stderr), "a stack trace was printed");
+    });
+  }
+  const help = await runServer("--help");
+  assertEquals(help.code, 0);
+  assertStringIncludes(help.stdout, "Usage: deno run -N server.ts [PORT]");
+});
+
+Deno.test("CLI: flags become options", () => {
+  assertEquals(parseServerArgs([]), { port: 9999, quiet: false, verbose: false, page: true });
+  const options = parseServerArgs(["8080", "--hostname", "::1", "--max-payload", "1024", "--no-page", "--quiet"]);
+  assertEquals(options, { port: 8080, hostname: "::1", maxPayload: 1024, page: false, quiet: true, verbose: false });
+  assertEquals(parseServerArgs(["--origin", "https://a.example", "--origin", "https://b.example"])?.allowedOrigins, [
+    "https://a.example",
+    "https://b.example",
+  ]);
+  assertEquals(parseServerArgs(["--help"]), undefined);
+});
+
+/** Reads a child's stdout line by line, waiting for lines that match. */
+class LineReader {
+  #lines: string[] = [];
+  #wake = Promise.withResolvers<void>();
+  readonly done: Promise<void>;
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.done = (async () => {
+      let pending = "";
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        pending += chunk;
+        const lines = pending.split("\n");
+        pending = lines.pop()!;
+        this.#lines.push(...lines);
+        this.#wake.resolve();
+        this.#wake = Promise.withResolvers<void>();
+      }
+    })();
+  }
+  async waitFor(pattern: RegExp): Promise<string> {
+    const deadline = Date.now() + 20_000;
+    while (true) {
+      const line = this.#lines.find((candidate) => pattern.test(candidate));
+      if (line) return line;
+      assert(Date.now() < deadline, `no line matching ${pattern}; got:\n${this.#lines.join("\n")}`);
+      await within(this.#wake.promise, deadline - Date.now(), `a line matching ${pattern}`);
+    }
+  }
+}
+
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.test(`CLI: logs events; on ${signal} closes clients with 1001 and exits 0`, async () => {
+    const port = freePort();
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-N", SERVER, String(port), "--hostname", "127.0.0.1", "--verbose"],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const log = new LineReader(child.stdout);
+    try {
+      await log.waitFor(/^Listening on ws:\/\/127\.0\.0\.1:\d+\/$/);
+      const client = await RawClient.open(port, { Origin: "http://example.test" });
+      const handshake = await log.waitFor(/^\[HANDSHAKE\] /);
+      const id = handshake.split(" ")[1];
+      assertEquals(handshake, `[HANDSHAKE] ${id} origin: http://example.test`);
+      await log.waitFor(new RegExp(`^\\[CONNECTION\\] ${id} connected$`));
+      await client.send(Opcode.Text, "logged");
+      assertEquals((await client.readFrame())?.message(), "logged");
+      await log.waitFor(/^\[MESSAGE\] from .* to 1 users: logged$/);
+      child.kill(signal);
+      const close = await client.readUntilClose();
+      assertEquals(close.code, 1001);
+      await client.sendClose(1001);
+      await client.expectEnd();
+      client.close();
+      assertEquals((await within(child.status, 10_000, "the server to exit")).code, 0);
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Already exited.
+      }
+      await child.status;
+      await log.done;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- the chat page
+
+Deno.test("chat page: GET / is the page, other paths 404, other methods 405, --no-page 400", async () => {
+  const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
+  const plain = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, page: false });
+  try {
+    const base = `http://127.0.0.1:${server.addr.port}`;
+    const page = await fetch(`${base}/`);
+    assertEquals(page.status, 200);
+    assertEquals(page.headers.get("content-type"), "text/html; charset=utf-8");
+    assertStringIncludes(await page.text(), "<!doctype html>");
+    const missing = await fetch(`${base}/other`);
+    assertEquals(missing.status, 404);
+    await missing.body?.cancel();
+    const post = await fetch(`${base}/`, { method: "POST", body: "x" });
+    assertEquals(post.status, 405);
+    await post.body?.cancel();
+    const refused = await fetch(`http://127.0.0.1:${plain.addr.port}/`);
+    assertEquals(refused.status, 400);
+    await refused.body?.cancel();
+  } finally {
+    await server.shutdown();
+    await plain.shutdown();
+  }
+});
