@@ -1,0 +1,221 @@
+import { assert, assertEquals } from "@std/assert";
+import { encodeFrame, Opcode } from "./frame.ts";
+import { Protocol } from "./protocol.ts";
+import { startServer } from "./server.ts";
+import { handshake, RawClient, type Recorder, recordingServer, type TestServer, within } from "./test_util.ts";
+
+const MESSAGE = new Uint8Array(64 * 1024);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Broadcasts `count` 64 KiB messages to every user, yielding between them, and
+// returns the largest bufferedAmount seen on `watched`.
+async function flood(server: TestServer<Recorder>, watched: Protocol, count: number): Promise<number> {
+  let highest = 0;
+  for (let i = 0; i < count; i++) {
+    Protocol.broadcast(server.users.values(), MESSAGE);
+    highest = Math.max(highest, watched.bufferedAmount);
+    await sleep(0);
+  }
+  return highest;
+}
+
+// Reads `count` binary frames; returns how many arrived.
+async function drain(client: RawClient, count: number): Promise<number> {
+  let received = 0;
+  while (received < count && (await client.readFrame())?.opcode === Opcode.Binary) received++;
+  return received;
+}
+
+Deno.test("maxBackpressure, policy close: a reader that stalls is closed with 1008, others get everything", async () => {
+  const limit = 1024 * 1024;
+  const server = recordingServer({ maxBackpressure: limit, closeTimeout: 300 });
+  try {
+    const stalled = await RawClient.open(server.port);
+    const reader = await RawClient.open(server.port);
+    const [stalledHandler, readerHandler] = [await server.handler(0), await server.handler(1)];
+    await readerHandler.connected.promise;
+    // 32 MiB is far more than the kernel's socket buffers can hide.
+    const count = 512;
+    const [highest, received] = await Promise.all([flood(server, stalledHandler, count), drain(reader, count)]);
+    assertEquals(received, count, "the reading client missed messages");
+    assert(highest <= limit + MESSAGE.length, `queue reached ${highest} bytes`);
+    await within(stalledHandler.disconnected.promise);
+    assertEquals(stalledHandler.closeCode, 1008);
+    stalled.close();
+    reader.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxBackpressure, policy drop: messages over the limit are dropped, the connection stays open", async () => {
+  const limit = 1024 * 1024;
+  const server = recordingServer({ maxBackpressure: limit, backpressurePolicy: "drop" });
+  try {
+    const client = await RawClient.open(server.port);
+    const handler = await server.handler(0);
+    await handler.connected.promise;
+    const outcomes: (boolean | undefined)[] = [];
+    let highest = 0;
+    for (let i = 0; i < 512; i++) {
+      handler.sendMessage(MESSAGE).then((written) => outcomes[i] = written);
+      highest = Math.max(highest, handler.bufferedAmount);
+      await sleep(0);
+    }
+    assert(highest <= limit + MESSAGE.length, `queue reached ${highest} bytes`);
+    const dropped = outcomes.filter((written) => written === false).length;
+    assert(dropped > 0, "no message was dropped");
+    assertEquals(handler.state, "open");
+    // Once the client reads, every accepted message arrives and new ones go through.
+    assertEquals(await drain(client, 512 - dropped), 512 - dropped);
+    const last = handler.sendMessage("after the drain");
+    assertEquals((await client.readFrame())?.message(), "after the drain");
+    assertEquals(await last, true);
+    assertEquals(outcomes.filter((written) => written === true).length, 512 - dropped);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("heartbeat: pings every pingInterval; a silent peer is closed with 1001 after idleTimeout", async () => {
+  const server = recordingServer({ pingInterval: 50, idleTimeout: 300, closeTimeout: 200 });
+  try {
+    const client = await RawClient.open(server.port);
+    const ping = await client.readFrame(1000);
+    assertEquals(ping?.opcode, Opcode.Ping);
+    const started = Date.now();
+    const close = await client.readUntilClose();
+    assertEquals(close.code, 1001);
+    assert(close.before.every((frame) => frame.opcode === Opcode.Ping));
+    assert(Date.now() - started >= 150, "closed well before idleTimeout");
+    await client.expectEnd();
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("heartbeat: a peer that answers pings stays connected past idleTimeout", async () => {
+  const server = recordingServer({ pingInterval: 50, idleTimeout: 200 });
+  try {
+    const client = await RawClient.open(server.port);
+    const until = Date.now() + 600;
+    while (Date.now() < until) {
+      const frame = await client.readFrame(1000);
+      assertEquals(frame?.opcode, Opcode.Ping, "expected only pings");
+      await client.send(Opcode.Pong, frame!.payload);
+    }
+    assertEquals((await server.handler(0)).state, "open");
+    await client.sendClose(1000);
+    assertEquals((await client.readUntilClose()).code, 1000);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("heartbeat: pingInterval 0 and idleTimeout 0 turn it off", async () => {
+  const server = recordingServer({ pingInterval: 0, idleTimeout: 0 });
+  try {
+    const client = await RawClient.open(server.port);
+    assertEquals(await client.readFrame(400).catch(() => "nothing"), "nothing");
+    assertEquals((await server.handler(0)).state, "open");
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("handshake timeout: a one-byte-at-a-time client is dropped without delaying others", async () => {
+  const server = recordingServer({ handshakeTimeout: 500 });
+  try {
+    const slow = await RawClient.connect(server.port);
+    const request = new TextEncoder().encode(handshake());
+    const dripping = (async () => {
+      for (const byte of request.subarray(0, 20)) {
+        await slow.write(new Uint8Array([byte])).catch(() => {});
+        await sleep(50);
+      }
+    })();
+    await sleep(100);
+    const started = Date.now();
+    const quick = await RawClient.open(server.port);
+    assert(Date.now() - started < 400, "a normal client waited for the slow one");
+    await slow.expectEnd(2000);
+    await dripping;
+    slow.close();
+    quick.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxConnections: past the limit the handshake gets 503; a freed place is taken again", async () => {
+  const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, maxConnections: 2 });
+  try {
+    const port = server.addr.port;
+    const first = await RawClient.open(port);
+    const second = await RawClient.open(port);
+    const third = await RawClient.connect(port);
+    await third.write(handshake());
+    assertEquals((await third.readAnswer()).status, 503);
+    third.close();
+    await first.sendClose(1000);
+    await first.readUntilClose();
+    first.close();
+    const deadline = Date.now() + 5000;
+    while (server.users.size > 1 && Date.now() < deadline) await sleep(10);
+    await sleep(50); // the handler leaves the server's set just after users
+    const fourth = await RawClient.open(port);
+    second.close();
+    fourth.close();
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("maxFragments: one fragment too many is 1009", async () => {
+  const server = recordingServer({ maxFragments: 10 });
+  try {
+    const within10 = await RawClient.open(server.port);
+    for (let i = 0; i < 9; i++) await within10.send(i === 0 ? Opcode.Text : Opcode.Continuation, "", false);
+    await within10.send(Opcode.Continuation, "done");
+    assertEquals(await (await server.handler(0)).received(1), ["done"]);
+
+    const over = await RawClient.open(server.port);
+    for (let i = 0; i < 11; i++) await over.send(i === 0 ? Opcode.Binary : Opcode.Continuation, "", false);
+    assertEquals((await over.readUntilClose()).code, 1009);
+    within10.close();
+    over.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxPayload: a 2^62-byte frame header is refused before any payload", async () => {
+  const server = recordingServer({});
+  try {
+    const client = await RawClient.open(server.port);
+    await client.write(new Uint8Array([0x82, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]));
+    assertEquals((await client.readUntilClose()).code, 1009);
+    await client.expectEnd();
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("fragments are bounded by maxPayload in total, refused before the rest is sent", async () => {
+  const server = recordingServer({ maxPayload: 100_000 });
+  try {
+    const client = await RawClient.open(server.port);
+    await client.send(Opcode.Binary, new Uint8Array(60_000), false);
+    // Only the header of the second fragment: 60,000 + 50,000 is over the limit.
+    await client.write(encodeFrame(Opcode.Continuation, new Uint8Array(50_000), { mask: true }).subarray(0, 8));
+    assertEquals((await client.readUntilClose()).code, 1009);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
