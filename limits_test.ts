@@ -85,7 +85,7 @@ Deno.test("heartbeat: pings every pingInterval; a silent peer is closed with 100
     const ping = await client.readFrame(1000);
     assertEquals(ping?.opcode, Opcode.Ping);
     const started = Date.now();
-    const close = await client.readUntilClose();
+    const close = await within(client.readUntilClose(), 3000, "the idle close");
     assertEquals(close.code, 1001);
     assert(close.before.every((frame) => frame.opcode === Opcode.Ping));
     assert(Date.now() - started >= 150, "closed well before idleTimeout");
