@@ -2,7 +2,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/as
 import WsClient from "ws";
 import { Opcode } from "./frame.ts";
 import { parseServerArgs, startServer } from "./server.ts";
-import { RawClient, TIMEOUT, within } from "./test_util.ts";
+import { peerMissing, RawClient, TIMEOUT, within } from "./test_util.ts";
 
 // ---------------------------------------------------------------- real clients, one scenario
 
@@ -120,17 +120,6 @@ function pythonPeer(url: string): Peer {
       assertEquals((await within(child.status, TIMEOUT, "python client to exit")).code, 0);
     },
   };
-}
-
-/** Whether a real peer is installed; in CI a missing peer fails instead of being ignored. */
-function peerMissing(check: () => boolean): boolean {
-  let installed = false;
-  try {
-    installed = check();
-  } catch {
-    installed = false;
-  }
-  return !installed && !Deno.env.get("CI");
 }
 
 const pythonMissing = peerMissing(() =>
