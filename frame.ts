@@ -450,6 +450,34 @@ export function encodeFrame(opcode: Opcode, payload: Uint8Array | string, option
   return writeHeader(frame, bytes.length, opcode, options.fin !== false, maskKey);
 }
 
+/**
+ * Encodes only the header of an unmasked frame, so that a large payload can be
+ * written after it as it is, without copying it into a frame (a masked payload must
+ * be changed, so build masked frames with {@linkcode encodeFrame}).
+ *
+ * @example
+ * ```ts
+ * import { encodeHeader, Opcode } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(encodeHeader(Opcode.Binary, 65536), new Uint8Array([0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]));
+ * ```
+ *
+ * @param opcode The frame's opcode.
+ * @param payloadLength The length of the payload that will follow.
+ * @param options FIN (default `true`) and where the bytes go.
+ * @returns The header's bytes.
+ */
+export function encodeHeader(
+  opcode: Opcode,
+  payloadLength: number,
+  options: Pick<EncodeOptions, "fin" | "allocate"> = {},
+): Uint8Array {
+  const length = frameHeaderLength(payloadLength, false);
+  const header = options.allocate ? options.allocate(length) : new Uint8Array(length);
+  return writeHeader(header, payloadLength, opcode, options.fin !== false, undefined);
+}
+
 // Text is encoded into a reused scratch buffer and copied once into the frame: a new
 // buffer per message costs far more than the copy.
 const SCRATCH_CHARS = 16 * 1024;

@@ -21,7 +21,16 @@
 
 import { decodeBase64, encodeBase64 } from "@std/encoding/base64";
 import { ProtocolError, WebSocketError } from "./errors.ts";
-import { CloseCode, decodeClosePayload, decodeText, encodeClosePayload, encodeFrame, Frame, Opcode } from "./frame.ts";
+import {
+  CloseCode,
+  decodeClosePayload,
+  decodeText,
+  encodeClosePayload,
+  encodeFrame,
+  encodeHeader,
+  Frame,
+  Opcode,
+} from "./frame.ts";
 
 /**
  * Limits and timers of a connection; every one has a safe default.
@@ -157,6 +166,7 @@ const SLAB_CUT_LIMIT = 4 * 1024;
 let slab = new Uint8Array(0);
 let slabOffset = 0;
 const pooled = { allocate };
+const LARGE_PAYLOAD = 64 * 1024;
 const STATUS_TEXT: Readonly<Record<number, string>> = {
   101: "Switching Protocols",
   200: "OK",
@@ -324,7 +334,8 @@ export class Protocol {
 
   /**
    * Sends a message: text for a string, binary for bytes. Frames of one connection
-   * never interleave.
+   * never interleave. Bytes of 64 KiB and more are written from your buffer without a
+   * copy, as `ws` does: leave them unchanged until the returned promise settles.
    *
    * @example
    * ```ts ignore
@@ -336,7 +347,7 @@ export class Protocol {
    *   connection is closed or the message was dropped by the backpressure policy.
    */
   sendMessage(msg: string | Uint8Array): Promise<boolean> {
-    return this.#sendData(encodeFrame(typeof msg === "string" ? Opcode.Text : Opcode.Binary, msg, pooled));
+    return this.#sendData(encodeMessage(msg));
   }
 
   /**
@@ -388,7 +399,7 @@ export class Protocol {
    * @returns How many recipients queued the message.
    */
   static broadcast(recipients: Iterable<Protocol>, msg: string | Uint8Array): number {
-    const frame = encodeFrame(typeof msg === "string" ? Opcode.Text : Opcode.Binary, msg, pooled);
+    const frame = encodeMessage(msg);
     let count = 0;
     for (const recipient of recipients) {
       if (recipient.#state === "open" && recipient.#enqueueData(frame)) count++;
@@ -555,6 +566,7 @@ export class Protocol {
 
   // Parses and handles every complete frame in the buffer.
   #receive(): void {
+    let lastFrameLength = 0;
     try {
       while (this.#reading) {
         const frame = Frame.decode(this.#buffer.subarray(this.#start, this.#end), {
@@ -564,7 +576,8 @@ export class Protocol {
           maxPayload: Math.max(this.#options.maxPayload - this.#fragmentBytes, 125),
         });
         if (frame === null) break;
-        this.#start += frame.length();
+        lastFrameLength = frame.length();
+        this.#start += lastFrameLength;
         this.#handleFrame(frame);
       }
     } catch (error) {
@@ -573,8 +586,13 @@ export class Protocol {
     }
     if (this.#start === this.#end) {
       this.#start = this.#end = 0;
-      // Give back a buffer that a large frame grew.
-      if (this.#buffer.length > INITIAL_BUFFER_SIZE) this.#buffer = new Uint8Array(INITIAL_BUFFER_SIZE);
+      // Keep a grown buffer while large frames keep coming; give it back once small ones
+      // follow. (Not while idle: a read into the buffer is pending then.)
+      if (
+        this.#buffer.length > INITIAL_BUFFER_SIZE && lastFrameLength > 0 && lastFrameLength <= INITIAL_BUFFER_SIZE / 2
+      ) {
+        this.#buffer = new Uint8Array(INITIAL_BUFFER_SIZE);
+      }
     }
   }
 
@@ -712,21 +730,29 @@ export class Protocol {
 
   // --- Writing ---
 
-  #sendData(frame: Uint8Array): Promise<boolean> {
+  #sendData(frame: Uint8Array | [Uint8Array, Uint8Array]): Promise<boolean> {
     if (this.#state !== "open") return Promise.resolve(false);
     const written = this.#written();
     return this.#enqueueData(frame) ? written : Promise.resolve(false);
   }
 
   // Queues a data frame within the backpressure limit, applying the policy past it.
-  #enqueueData(frame: Uint8Array): boolean {
-    if (this.#queuedBytes > 0 && this.#queuedBytes + frame.length > this.#options.maxBackpressure) {
+  // Queues a data frame (whole, or header and payload) within the backpressure limit,
+  // applying the policy past it.
+  #enqueueData(frame: Uint8Array | [Uint8Array, Uint8Array]): boolean {
+    const length = Array.isArray(frame) ? frame[0].length + frame[1].length : frame.length;
+    if (this.#queuedBytes > 0 && this.#queuedBytes + length > this.#options.maxBackpressure) {
       if (this.#options.backpressurePolicy === "close") {
         this.close(CloseCode.PolicyViolation, "Send queue over its limit");
       }
       return false;
     }
-    this.#enqueue(frame);
+    if (Array.isArray(frame)) {
+      this.#enqueue(frame[0]);
+      this.#enqueue(frame[1]);
+    } else {
+      this.#enqueue(frame);
+    }
     return true;
   }
 
@@ -881,6 +907,15 @@ function httpResponse(response: HttpResponse): Uint8Array {
   for (const [name, value] of headers) head += `${name}: ${value}\r\n`;
   const headBytes = encoder.encode(head + "\r\n");
   return concat([headBytes, body], headBytes.length + body.length);
+}
+
+// A data frame to queue: a small one is cut from a slab; a large payload stays where
+// it is and is written after its header, without a copy.
+function encodeMessage(msg: string | Uint8Array): Uint8Array | [Uint8Array, Uint8Array] {
+  const opcode = typeof msg === "string" ? Opcode.Text : Opcode.Binary;
+  if (msg.length < LARGE_PAYLOAD) return encodeFrame(opcode, msg, pooled);
+  const payload = typeof msg === "string" ? encoder.encode(msg) : msg;
+  return [encodeHeader(opcode, payload.length, pooled), payload];
 }
 
 function allocate(length: number): Uint8Array {
