@@ -166,7 +166,8 @@ const SLAB_CUT_LIMIT = 4 * 1024;
 let slab = new Uint8Array(0);
 let slabOffset = 0;
 const pooled = { allocate };
-const LARGE_PAYLOAD = 64 * 1024;
+// From this size a payload is queued by reference after its header, not copied into a frame.
+const LARGE_PAYLOAD = 4 * 1024;
 const STATUS_TEXT: Readonly<Record<number, string>> = {
   101: "Switching Protocols",
   200: "OK",
@@ -263,6 +264,7 @@ export class Protocol {
   #queuedBytes = 0;
   #flushing: Promise<void> | undefined;
   #batchWritten: PromiseWithResolvers<boolean> | undefined;
+  #coalesced: Uint8Array | undefined;
 
   /**
    * Makes a connection handler.
@@ -786,7 +788,7 @@ export class Protocol {
       let bytes = 0;
       for (const frame of batch) bytes += frame.length;
       try {
-        for (const chunk of coalesce(batch, bytes)) await this.#writeAll(chunk);
+        await this.#writeBatch(batch);
       } catch {
         written = false;
         this.#abort();
@@ -796,6 +798,32 @@ export class Protocol {
     }
     this.#batchWritten?.resolve(false);
     this.#flushing = undefined;
+    this.#coalesced = undefined; // idle: keep no write buffer
+  }
+
+  // One write for all small frames of a batch, copied together into a buffer reused
+  // while the connection is busy; a frame of COALESCE_LIMIT or more goes as it is.
+  async #writeBatch(frames: Uint8Array[]): Promise<void> {
+    if (frames.length === 1) return await this.#writeAll(frames[0]);
+    let used = 0;
+    for (const frame of frames) {
+      if (used > 0 && used + frame.length > COALESCE_LIMIT) {
+        await this.#writeAll(this.#coalesced!.subarray(0, used));
+        used = 0;
+      }
+      if (frame.length >= COALESCE_LIMIT) {
+        await this.#writeAll(frame);
+        continue;
+      }
+      if (this.#coalesced === undefined || used + frame.length > this.#coalesced.length) {
+        const grown = new Uint8Array(Math.min(COALESCE_LIMIT, Math.max(2 * (used + frame.length), 4096)));
+        if (used > 0) grown.set(this.#coalesced!.subarray(0, used));
+        this.#coalesced = grown;
+      }
+      this.#coalesced.set(frame, used);
+      used += frame.length;
+    }
+    if (used > 0) await this.#writeAll(this.#coalesced!.subarray(0, used));
   }
 
   // Deno.Conn.write may write fewer bytes than given.
@@ -925,25 +953,6 @@ function allocate(length: number): Uint8Array {
     slabOffset = 0;
   }
   return slab.subarray(slabOffset, slabOffset += length);
-}
-
-// Frames cut one after another from a slab are already one run of bytes; a small batch
-// of runs is copied together; so that a batch is one write.
-function coalesce(frames: Uint8Array[], bytes: number): Uint8Array[] {
-  if (frames.length === 1) return frames;
-  const runs: Uint8Array[] = [];
-  let run = frames[0];
-  for (let i = 1; i < frames.length; i++) {
-    const frame = frames[i];
-    if (frame.buffer === run.buffer && frame.byteOffset === run.byteOffset + run.length) {
-      run = new Uint8Array(run.buffer, run.byteOffset, run.length + frame.length);
-    } else {
-      runs.push(run);
-      run = frame;
-    }
-  }
-  runs.push(run);
-  return runs.length === 1 || bytes > COALESCE_LIMIT ? runs : [concat(runs, bytes)];
 }
 
 function concat(chunks: Uint8Array[], length: number): Uint8Array {
