@@ -41,9 +41,7 @@ export class Client {
   async #fill(): Promise<boolean> {
     if (this.#end === this.#buffer.length) {
       const pending = this.#buffer.subarray(this.#start, this.#end);
-      const buffer = this.#start > 0
-        ? this.#buffer
-        : new Uint8Array(this.#buffer.length * 2);
+      const buffer = this.#start > 0 ? this.#buffer : new Uint8Array(this.#buffer.length * 2);
       buffer.set(pending);
       this.#buffer = buffer;
       this.#start = 0;

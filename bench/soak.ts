@@ -83,9 +83,7 @@ async function readUntil(
     const timer = sleep(until - Date.now()).then(() => false);
     const open = await Promise.race([
       client.read((frame) => {
-        const text = frame.opcode === Opcode.Text
-          ? new TextDecoder().decode(frame.payload)
-          : "";
+        const text = frame.opcode === Opcode.Text ? new TextDecoder().decode(frame.payload) : "";
         if (wanted(frame.opcode, text)) found = true;
       }),
       timer,
@@ -203,8 +201,7 @@ try {
   await sleep(1000);
   samples.push({ rss: rssMiB(), fds: fdCount() });
 
-  const median = (values: number[]) =>
-    [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
   const third = Math.floor(samples.length / 3);
   const middle = samples.slice(third, 2 * third);
   const last = samples.slice(2 * third);
@@ -230,27 +227,19 @@ try {
     "probe round trips": probeMs.length,
     "probe p50 ms": median(probeMs).toFixed(1),
     "probe max ms": worst.toFixed(1),
-    "RSS MiB start/peak/end": `${samples[0].rss.toFixed(1)} / ${
-      Math.max(...samples.map((s) => s.rss)).toFixed(1)
-    } / ${samples.at(-1)!.rss.toFixed(1)}`,
-    "RSS MiB middle/last third (median)": `${rssMiddle.toFixed(1)} / ${
-      rssLast.toFixed(1)
+    "RSS MiB start/peak/end": `${samples[0].rss.toFixed(1)} / ${Math.max(...samples.map((s) => s.rss)).toFixed(1)} / ${
+      samples.at(-1)!.rss.toFixed(1)
     }`,
-    "fds start/peak/end": `${samples[0].fds} / ${
-      Math.max(...samples.map((s) => s.fds))
-    } / ${samples.at(-1)!.fds}`,
+    "RSS MiB middle/last third (median)": `${rssMiddle.toFixed(1)} / ${rssLast.toFixed(1)}`,
+    "fds start/peak/end": `${samples[0].fds} / ${Math.max(...samples.map((s) => s.fds))} / ${samples.at(-1)!.fds}`,
     "fds middle/last third (median)": `${fdsMiddle} / ${fdsLast}`,
   });
   failures = [
-    ...(worst > 1000
-      ? [`a fresh client's round trip took ${worst.toFixed(0)} ms (limit 1000)`]
-      : []),
+    ...(worst > 1000 ? [`a fresh client's round trip took ${worst.toFixed(0)} ms (limit 1000)`] : []),
     ...(rssLast > rssMiddle * 1.2 && rssLast - rssMiddle > 20
       ? [`RSS kept growing: ${rssMiddle} -> ${rssLast} MiB`]
       : []),
-    ...(fdsLast - fdsMiddle > 50
-      ? [`descriptors kept growing: ${fdsMiddle} -> ${fdsLast}`]
-      : []),
+    ...(fdsLast - fdsMiddle > 50 ? [`descriptors kept growing: ${fdsMiddle} -> ${fdsLast}`] : []),
   ];
 } finally {
   server.kill("SIGTERM");

@@ -23,8 +23,7 @@ Deno.serve({
     if (!echo) broadcast(`${id} connected`);
     users.set(id, socket);
   };
-  socket.onmessage = (event) =>
-    echo ? socket.send(event.data) : broadcast(event.data);
+  socket.onmessage = (event) => echo ? socket.send(event.data) : broadcast(event.data);
   socket.onclose = () => {
     users.delete(id);
     if (!echo) broadcast(`${id} disconnected`);

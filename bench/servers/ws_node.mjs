@@ -28,10 +28,7 @@ server.on("connection", (socket) => {
   users.set(id, socket);
   socket.on(
     "message",
-    (data, isBinary) =>
-      echo
-        ? socket.send(data, { binary: isBinary })
-        : broadcast(data, isBinary),
+    (data, isBinary) => echo ? socket.send(data, { binary: isBinary }) : broadcast(data, isBinary),
   );
   socket.on("close", () => {
     users.delete(id);
