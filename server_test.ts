@@ -41,6 +41,22 @@ const pattern = (size: number) => new Uint8Array(size).map((_, i) => i % 251);
 const checksum = (bytes: Uint8Array) => bytes.reduce((sum, byte) => (sum + byte) % 2 ** 32, 0);
 const binaryEvent = (bytes: Uint8Array): PeerEvent => ({ ev: "binary", length: bytes.length, sum: checksum(bytes) });
 
+// A Peer over a client object with send(data) and close(code, reason), as both the
+// browser-style WebSocket and ws have.
+function socketPeer(
+  socket: { send(data: string | Uint8Array): void; close(code: number, reason: string): void },
+  events: EventQueue,
+  closed: Promise<void>,
+): Peer {
+  return {
+    next: () => events.next(),
+    send: (text) => socket.send(text),
+    sendBinary: (size) => socket.send(pattern(size)),
+    close: (code, reason) => socket.close(code, reason),
+    done: () => closed,
+  };
+}
+
 function denoPeer(url: string): Peer {
   const events = new EventQueue();
   const closed = Promise.withResolvers<void>();
@@ -55,13 +71,7 @@ function denoPeer(url: string): Peer {
     events.push({ ev: "close", code: event.code, reason: event.reason });
     closed.resolve();
   };
-  return {
-    next: () => events.next(),
-    send: (text) => socket.send(text),
-    sendBinary: (size) => socket.send(pattern(size)),
-    close: (code, reason) => socket.close(code, reason),
-    done: () => closed.promise,
-  };
+  return socketPeer(socket, events, closed.promise);
 }
 
 function nodeWsPeer(url: string): Peer {
@@ -78,13 +88,7 @@ function nodeWsPeer(url: string): Peer {
     events.push({ ev: "close", code, reason: new TextDecoder().decode(reason) });
     closed.resolve();
   });
-  return {
-    next: () => events.next(),
-    send: (text) => socket.send(text),
-    sendBinary: (size) => socket.send(pattern(size)),
-    close: (code, reason) => socket.close(code, reason),
-    done: () => closed.promise,
-  };
+  return socketPeer(socket, events, closed.promise);
 }
 
 const PYTHON = "/usr/bin/python3";

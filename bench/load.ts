@@ -6,7 +6,7 @@
 // Every figure is the median of 3 repetitions. Results: a table, and bench/results/latest.json.
 import { parseArgs } from "@std/cli/parse-args";
 import { encodeFrame, Opcode } from "../frame.ts";
-import { Client, openMany } from "./client.ts";
+import { type Client, openMany } from "./client.ts";
 
 const flags = parseArgs(Deno.args, {
   boolean: ["quick"],
