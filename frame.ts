@@ -137,19 +137,43 @@ export interface DecodeOptions {
   copy?: boolean;
 }
 
-interface FrameHeader {
+/**
+ * A frame's header as {@linkcode decodeHeader} reads it: everything before the
+ * payload. The masking key, if any, is the 4 bytes before `headerLength`.
+ *
+ * @example
+ * ```ts
+ * import { decodeHeader, type FrameHeader } from "./frame.ts";
+ *
+ * const header: FrameHeader | null = decodeHeader(new Uint8Array([0x82, 0x7e, 0x01, 0x00]));
+ * console.log(header?.payloadLength); // 256
+ * ```
+ */
+export interface FrameHeader {
+  /** Whether this is the final fragment of its message. */
   fin: boolean;
+  /** Reserved bit 1. */
   rsv1: boolean;
+  /** Reserved bit 2. */
   rsv2: boolean;
+  /** Reserved bit 3. */
   rsv3: boolean;
+  /** The frame's opcode, one of {@linkcode Opcode}. */
   opcode: number;
+  /** Whether the payload is masked. */
   masked: boolean;
+  /** The payload's length in bytes. */
   payloadLength: number;
+  /** The header's length in bytes, masking key included: where the payload starts. */
   headerLength: number;
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-const textDecoder = new TextDecoder("utf-8", { fatal: true });
+// Text keeps a leading U+FEFF: a message is delivered as sent (ignoreBOM). The strict
+// decoder is about ten times slower than the lenient one in Deno, so it only rules on
+// text where the lenient one put a U+FFFD.
+const lenientDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
+const strictDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const textEncoder = new TextEncoder();
 
 /**
@@ -194,7 +218,7 @@ export class Frame {
    * @param options Limits and masking rules.
    */
   constructor(buf: Uint8Array, options: DecodeOptions = {}) {
-    const header = readHeader(buf, options);
+    const header = decodeHeader(buf, options);
     const frameLength = header === null ? Infinity : header.headerLength + header.payloadLength;
     if (header === null || buf.length < frameLength) {
       throw new FrameError(
@@ -244,7 +268,7 @@ export class Frame {
    * @returns The frame (its `length()` is the number of bytes it used), or `null`.
    */
   static decode(buf: Uint8Array, options: DecodeOptions = {}): Frame | null {
-    const header = readHeader(buf, options);
+    const header = decodeHeader(buf, options);
     if (header === null || buf.length < header.headerLength + header.payloadLength) return null;
     return new Frame(buf, options);
   }
@@ -307,8 +331,30 @@ export class Frame {
   }
 }
 
-// RFC 6455 5.2: parses and checks the header, or returns null until it has arrived.
-function readHeader(buf: Uint8Array, options: DecodeOptions): FrameHeader | null {
+/**
+ * Parses and checks the header of the frame at the start of `buf` (RFC 6455 5.2),
+ * or returns `null` while it is incomplete. It throws {@linkcode FrameError} as
+ * {@linkcode Frame.decode} does, as soon as the header shows the frame is bad, and
+ * before any of its payload is needed; so a reader can see how long a frame is and
+ * where its payload will go before the payload arrives.
+ *
+ * @example
+ * ```ts
+ * import { decodeHeader } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * // A masked binary frame of 65,536 bytes: 2 + 8 bytes of length, 4 of mask.
+ * const bytes = new Uint8Array([0x82, 0xff, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4]);
+ * assertEquals(decodeHeader(bytes.subarray(0, 9)), null);
+ * assertEquals(decodeHeader(bytes)?.payloadLength, 65536);
+ * assertEquals(decodeHeader(bytes)?.headerLength, 14);
+ * ```
+ *
+ * @param buf The bytes buffered so far.
+ * @param options Limits and masking rules; `copy` does not apply.
+ * @returns The header, or `null` until all of it has arrived.
+ */
+export function decodeHeader(buf: Uint8Array, options: DecodeOptions = {}): FrameHeader | null {
   if (buf.length < 2) return null;
   const first = buf[0];
   const second = buf[1];
@@ -441,8 +487,14 @@ export interface EncodeOptions {
  * @returns The frame's bytes.
  */
 export function encodeFrame(opcode: Opcode, payload: Uint8Array | string, options: EncodeOptions = {}): Uint8Array {
-  const bytes = typeof payload === "string" ? encodeUtf8(payload) : payload;
   const maskKey = options.maskKey ?? (options.mask ? crypto.getRandomValues(maskKeyScratch) : undefined);
+  if (typeof payload === "string" && payload.length > SCRATCH_CHARS && !options.allocate) {
+    const { buffer, written } = encodeLongText(payload);
+    const headerLength = frameHeaderLength(written, maskKey !== undefined);
+    const frame = buffer.subarray(MAX_HEADER_LENGTH - headerLength, MAX_HEADER_LENGTH + written);
+    return writeHeader(frame, written, opcode, options.fin !== false, maskKey);
+  }
+  const bytes = typeof payload === "string" ? encodeUtf8(payload) : payload;
   const headerLength = frameHeaderLength(bytes.length, maskKey !== undefined);
   const length = headerLength + bytes.length;
   const frame = options.allocate ? options.allocate(length) : new Uint8Array(length);
@@ -481,8 +533,23 @@ export function encodeHeader(
 // Text is encoded into a reused scratch buffer and copied once into the frame: a new
 // buffer per message costs far more than the copy.
 const SCRATCH_CHARS = 16 * 1024;
+const MAX_HEADER_LENGTH = 14;
 const utf8Scratch = new Uint8Array(3 * SCRATCH_CHARS);
 const maskKeyScratch = new Uint8Array(4);
+
+// A long text goes straight into its frame's buffer, after room for the longest header:
+// first one byte a character, as for ASCII, then room for the worst case of the rest.
+function encodeLongText(text: string): { buffer: Uint8Array; written: number } {
+  let buffer = new Uint8Array(MAX_HEADER_LENGTH + text.length);
+  let { read, written } = textEncoder.encodeInto(text, buffer.subarray(MAX_HEADER_LENGTH));
+  if (read < text.length) {
+    const grown = new Uint8Array(MAX_HEADER_LENGTH + written + 3 * (text.length - read));
+    grown.set(buffer.subarray(0, MAX_HEADER_LENGTH + written));
+    written += textEncoder.encodeInto(text.slice(read), grown.subarray(MAX_HEADER_LENGTH + written)).written;
+    buffer = grown;
+  }
+  return { buffer, written };
+}
 
 function encodeUtf8(text: string): Uint8Array {
   if (text.length > SCRATCH_CHARS) return textEncoder.encode(text);
@@ -531,6 +598,8 @@ function writeHeader(
 /**
  * Masks or unmasks `data` in place with a 4-byte key (RFC 6455 5.3): XOR on 32-bit
  * words over an aligned view, bytes for the edges. Masking twice restores the data.
+ * `offset` is the position of `data[0]` in the payload, for a payload masked piece
+ * by piece as it arrives.
  *
  * @example
  * ```ts
@@ -541,34 +610,48 @@ function writeHeader(
  * const data = new TextEncoder().encode("Hello");
  * applyMask(data, key);
  * assertEquals(data, new Uint8Array([0x7f, 0x9f, 0x4d, 0x51, 0x58]));
- * applyMask(data, key);
+ * applyMask(data.subarray(0, 2), key);
+ * applyMask(data.subarray(2), key, 2); // the rest, as if it arrived later
  * assertEquals(new TextDecoder().decode(data), "Hello");
  * ```
  *
  * @param data The bytes to mask, changed in place.
  * @param maskKey The 4-byte masking key.
+ * @param offset Where `data` starts in the masked payload (default 0).
  */
-export function applyMask(data: Uint8Array, maskKey: Uint8Array): void {
+export function applyMask(data: Uint8Array, maskKey: Uint8Array, offset = 0): void {
   const length = data.length;
   let index = 0;
   if (length >= 32) {
     // Byte-wise up to a 4-byte boundary of the buffer, so that a Uint32Array view fits.
     const lead = (4 - (data.byteOffset & 3)) & 3;
-    for (; index < lead; index++) data[index] ^= maskKey[index & 3];
-    // The key rotated to start at `lead`, as one word in the platform's byte order.
-    const k0 = maskKey[lead & 3],
-      k1 = maskKey[(lead + 1) & 3],
-      k2 = maskKey[(lead + 2) & 3],
-      k3 = maskKey[(lead + 3) & 3];
-    const key = LITTLE_ENDIAN
-      ? (k0 | (k1 << 8) | (k2 << 16) | (k3 << 24)) >>> 0
-      : ((k0 << 24) | (k1 << 16) | (k2 << 8) | k3) >>> 0;
-    const words = new Uint32Array(data.buffer, data.byteOffset + lead, (length - lead) >>> 2);
+    for (; index < lead; index++) data[index] ^= maskKey[(offset + index) & 3];
+    // The key rotated to the first word's position, as one word in the platform's byte order.
+    const start = offset + lead;
+    const k0 = maskKey[start & 3],
+      k1 = maskKey[(start + 1) & 3],
+      k2 = maskKey[(start + 2) & 3],
+      k3 = maskKey[(start + 3) & 3];
+    const key = LITTLE_ENDIAN ? k0 | (k1 << 8) | (k2 << 16) | (k3 << 24) : (k0 << 24) | (k1 << 16) | (k2 << 8) | k3;
+    const words = new Int32Array(data.buffer, data.byteOffset + lead, (length - lead) >>> 2);
     const count = words.length;
-    for (let w = 0; w < count; w++) words[w] ^= key;
+    // Unrolled by 8: V8 runs this about twice as fast as one word an iteration.
+    const unrolled = count & ~7;
+    let w = 0;
+    for (; w < unrolled; w += 8) {
+      words[w] ^= key;
+      words[w + 1] ^= key;
+      words[w + 2] ^= key;
+      words[w + 3] ^= key;
+      words[w + 4] ^= key;
+      words[w + 5] ^= key;
+      words[w + 6] ^= key;
+      words[w + 7] ^= key;
+    }
+    for (; w < count; w++) words[w] ^= key;
     index = lead + count * 4;
   }
-  for (; index < length; index++) data[index] ^= maskKey[index & 3];
+  for (; index < length; index++) data[index] ^= maskKey[(offset + index) & 3];
 }
 
 /**
@@ -587,7 +670,10 @@ export function applyMask(data: Uint8Array, maskKey: Uint8Array): void {
  */
 export function decodeText(bytes: Uint8Array): string {
   try {
-    return textDecoder.decode(bytes);
+    // Every invalid sequence becomes U+FFFD in lenient decoding: without one, the text is valid.
+    const text = lenientDecoder.decode(bytes);
+    if (text.includes("\uFFFD")) strictDecoder.decode(bytes);
+    return text;
   } catch (cause) {
     throw new FrameError("Text is not valid UTF-8", {
       closeCode: CloseCode.InvalidPayload,

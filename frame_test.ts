@@ -225,6 +225,18 @@ Deno.test("RFC 6455 5.3: applyMask equals a byte-wise XOR at every alignment and
   }
 });
 
+Deno.test("RFC 6455 5.3: applyMask in pieces, each with its offset, equals one pass", () => {
+  const payload = new Uint8Array(300).map((_, i) => (i * 17 + 3) & 255);
+  const whole = payload.slice();
+  applyMask(whole, MASK_KEY);
+  for (let split = 0; split <= payload.length; split += 7) {
+    const pieces = payload.slice();
+    applyMask(pieces.subarray(0, split), MASK_KEY);
+    applyMask(pieces.subarray(split), MASK_KEY, split);
+    assertEquals(pieces, whole, `split at ${split}`);
+  }
+});
+
 // Decodes a stream given in chunks, the way a reader with a growing buffer would.
 function decodeChunks(chunks: Uint8Array[]): Frame[] {
   const frames: Frame[] = [];

@@ -22,13 +22,15 @@
 import { decodeBase64, encodeBase64 } from "@std/encoding/base64";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import {
+  applyMask,
   CloseCode,
   decodeClosePayload,
+  decodeHeader,
   decodeText,
   encodeClosePayload,
   encodeFrame,
   encodeHeader,
-  Frame,
+  type FrameHeader,
   Opcode,
 } from "./frame.ts";
 
@@ -156,7 +158,19 @@ export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrit
 
 // RFC 6455 1.3: the GUID appended to Sec-WebSocket-Key.
 const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-const INITIAL_BUFFER_SIZE = 4096;
+// The read buffer: 4 KiB for the request head (grown up to maxHeaderSize if it needs
+// more); then 1 KiB, doubled up to 64 KiB while reads fill it and given back once they
+// do not. Idle connections hold little; a frame larger than the buffer is read straight
+// into a buffer of its own.
+const HEAD_BUFFER_SIZE = 4096;
+const READ_BUFFER_MIN = 1024;
+const READ_BUFFER_MAX = 64 * 1024;
+// Payload buffers are allocated at their frame's declared length once its header has
+// arrived (one allocation, no copy), as long as all connections together have at most
+// RESERVE_LIMIT bytes allocated ahead of their arrival; past it a payload buffer grows
+// with the bytes that arrive, so that declared lengths alone cannot take memory.
+const RESERVE_LIMIT = 64 * 1024 * 1024;
+let reserved = 0;
 const COALESCE_LIMIT = 256 * 1024;
 // Outgoing frames are cut from shared slabs: in Deno a new ArrayBuffer costs about a
 // microsecond, a view into one a few nanoseconds. A slab is never reused, only dropped
@@ -180,6 +194,7 @@ const STATUS_TEXT: Readonly<Record<number, string>> = {
   500: "Internal Server Error",
   503: "Service Unavailable",
 };
+const EMPTY = new Uint8Array(0);
 const encoder = new TextEncoder();
 const latin1 = new TextDecoder("latin1");
 
@@ -248,13 +263,17 @@ export class Protocol {
   #lastSeen = 0;
 
   // Read buffer: bytes [#start, #end) are received and not yet parsed.
-  #buffer = new Uint8Array(INITIAL_BUFFER_SIZE);
+  #buffer = new Uint8Array(HEAD_BUFFER_SIZE);
   #start = 0;
   #end = 0;
+  #lastRead = 0;
+  #readFilled = false;
+  // The frame too large for the read buffer whose payload is being read into a buffer of its own.
+  #large: LargeFrame | undefined;
 
   // The fragmented message being reassembled (RFC 6455 5.4).
   #messageOpcode: number | undefined;
-  #fragments = new Uint8Array(0);
+  #fragments = EMPTY;
   #fragmentBytes = 0;
   #fragmentCount = 0;
   #utf8Validator: TextDecoder | undefined;
@@ -544,43 +563,69 @@ export class Protocol {
 
   // --- Reading ---
 
-  // Reads more bytes into the buffer; false at EOF.
+  // Reads once, into the read buffer or into the payload of the large frame being
+  // received; false at EOF.
   async #read(): Promise<boolean> {
-    if (this.#end === this.#buffer.length) this.#makeRoom();
-    const count = await this.#conn!.read(this.#buffer.subarray(this.#end));
-    if (count === null) return false;
-    this.#end += count;
+    const large = this.#large;
+    if (large) {
+      const count = await this.#conn!.read(large.payload.subarray(large.received));
+      if (count === null) return false;
+      large.received += count;
+    } else {
+      this.#makeRoom();
+      const space = this.#buffer.length - this.#end;
+      const count = await this.#conn!.read(this.#buffer.subarray(this.#end));
+      if (count === null) return false;
+      this.#end += count;
+      this.#lastRead = count;
+      this.#readFilled = count === space;
+    }
     this.#lastSeen = Date.now();
     return true;
   }
 
-  // Moves unparsed bytes to the front, or doubles the buffer when they fill it, up to
-  // what the largest frame or request head needs: it grows only as bytes arrive.
+  // Moves unparsed bytes to the front of the read buffer, growing it first where it is
+  // full: the request head up to maxHeaderSize, frames up to READ_BUFFER_MAX while
+  // reads keep filling it.
   #makeRoom(): void {
     const pending = this.#buffer.subarray(this.#start, this.#end);
-    const limit = Math.max(this.#options.maxPayload + 14, this.#options.maxHeaderSize);
-    const buffer = this.#start > 0 ? this.#buffer : new Uint8Array(Math.min(this.#buffer.length * 2, limit));
+    let size = this.#buffer.length;
+    if (this.#state === "connecting") {
+      if (pending.length === size) size = Math.min(size * 2, this.#options.maxHeaderSize);
+    } else if (this.#readFilled) {
+      size = Math.min(size * 2, READ_BUFFER_MAX);
+    }
+    if (this.#start === 0 && size === this.#buffer.length) return;
+    const buffer = size === this.#buffer.length ? this.#buffer : new Uint8Array(size);
     buffer.set(pending);
     this.#buffer = buffer;
     this.#start = 0;
     this.#end = pending.length;
   }
 
-  // Parses and handles every complete frame in the buffer.
+  // Handles every complete frame received. A frame too large for the read buffer
+  // moves to a payload buffer of its own, which later reads fill.
   #receive(): void {
-    let lastFrameLength = 0;
     try {
+      if (this.#large && !this.#receiveLarge(this.#large)) return;
       while (this.#reading) {
-        const frame = Frame.decode(this.#buffer.subarray(this.#start, this.#end), {
+        const buffered = this.#buffer.subarray(this.#start, this.#end);
+        const header = decodeHeader(buffered, {
           masked: true,
-          copy: false,
           // A fragment may not take its message over the limit; control frames always fit.
           maxPayload: Math.max(this.#options.maxPayload - this.#fragmentBytes, 125),
         });
-        if (frame === null) break;
-        lastFrameLength = frame.length();
-        this.#start += lastFrameLength;
-        this.#handleFrame(frame);
+        if (header === null) break;
+        const { headerLength, payloadLength } = header;
+        const frameLength = headerLength + payloadLength;
+        if (buffered.length < frameLength) {
+          if (frameLength > this.#buffer.length) this.#startLarge(header);
+          break;
+        }
+        const payload = buffered.subarray(headerLength, frameLength);
+        applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
+        this.#start += frameLength;
+        this.#handleFrame(header.opcode, header.fin, payload, false);
       }
     } catch (error) {
       if (!(error instanceof WebSocketError)) throw error;
@@ -588,18 +633,51 @@ export class Protocol {
     }
     if (this.#start === this.#end) {
       this.#start = this.#end = 0;
-      // Keep a grown buffer while large frames keep coming; give it back once small ones
-      // follow. (Not while idle: a read into the buffer is pending then.)
-      if (
-        this.#buffer.length > INITIAL_BUFFER_SIZE && lastFrameLength > 0 && lastFrameLength <= INITIAL_BUFFER_SIZE / 2
-      ) {
-        this.#buffer = new Uint8Array(INITIAL_BUFFER_SIZE);
+      // Give back a buffer grown for a burst (or for the request head) once reads are small.
+      if (this.#buffer.length > READ_BUFFER_MIN && this.#lastRead * 4 <= this.#buffer.length) {
+        this.#buffer = new Uint8Array(READ_BUFFER_MIN);
       }
     }
   }
 
-  #handleFrame(frame: Frame): void {
-    switch (frame.opcode) {
+  // Moves the buffered start of a large frame's payload into a buffer of its own.
+  #startLarge(header: FrameHeader): void {
+    const payloadStart = this.#start + header.headerLength;
+    const maskKey = this.#buffer.slice(payloadStart - 4, payloadStart);
+    const arrived = this.#buffer.subarray(payloadStart, this.#end);
+    const capacity = payloadCapacity(header.payloadLength, arrived.length, 0);
+    // A text frame's payload is garbage once decoded: it can go in the spare buffer.
+    const payload = header.opcode === Opcode.Text && header.fin ? takeSpare(capacity) : new Uint8Array(capacity);
+    payload.set(arrived);
+    applyMask(payload.subarray(0, arrived.length), maskKey);
+    const received = arrived.length;
+    this.#large = { header, maskKey, payload, received, unmasked: received, reserved: 0 };
+    reserve(this.#large);
+    this.#start = this.#end = 0;
+  }
+
+  // Unmasks what the last read brought of the large frame, and handles the frame once
+  // it is whole; false while it is not.
+  #receiveLarge(large: LargeFrame): boolean {
+    applyMask(large.payload.subarray(large.unmasked, large.received), large.maskKey, large.unmasked);
+    large.unmasked = large.received;
+    const { header } = large;
+    if (large.received === large.payload.length && large.received < header.payloadLength) {
+      const grown = new Uint8Array(payloadCapacity(header.payloadLength, large.received, large.payload.length));
+      grown.set(large.payload);
+      large.payload = grown;
+    }
+    reserve(large);
+    if (large.received < header.payloadLength) return false;
+    this.#large = undefined;
+    this.#handleFrame(header.opcode, header.fin, large.payload, true);
+    if (header.opcode === Opcode.Text && header.fin) giveSpare(large.payload);
+    return true;
+  }
+
+  // `owned`: the payload is a buffer of its own, not a view into the read buffer.
+  #handleFrame(opcode: number, fin: boolean, payload: Uint8Array, owned: boolean): void {
+    switch (opcode) {
       case Opcode.Text:
       case Opcode.Binary:
         // RFC 6455 5.4: a new message may not start inside a fragmented one.
@@ -608,21 +686,21 @@ export class Protocol {
             code: "WS_ERR_EXPECTED_CONTINUATION",
           });
         }
-        if (frame.fin) return this.#deliver(frame.opcode, frame.payload);
-        this.#messageOpcode = frame.opcode;
-        return this.#addFragment(frame.payload, false);
+        if (fin) return this.#deliver(opcode, payload, !owned);
+        this.#messageOpcode = opcode;
+        return this.#addFragment(payload, false);
       case Opcode.Continuation:
         if (this.#messageOpcode === undefined) {
           throw new ProtocolError("Continuation frame without a message to continue", {
             code: "WS_ERR_UNEXPECTED_CONTINUATION",
           });
         }
-        return this.#addFragment(frame.payload, frame.fin);
+        return this.#addFragment(payload, fin);
       case Opcode.Close:
-        return this.#receiveClose(frame.payload);
+        return this.#receiveClose(payload);
       case Opcode.Ping:
         // RFC 6455 5.5.2: answer with a pong carrying the same data, unless closing.
-        if (!this.#closeSent) this.#enqueue(encodeFrame(Opcode.Pong, frame.payload, pooled));
+        if (!this.#closeSent) this.#enqueue(encodeFrame(Opcode.Pong, payload, pooled));
         return;
         // A pong, solicited or not, only shows the peer is alive (RFC 6455 5.5.3).
     }
@@ -637,7 +715,6 @@ export class Protocol {
         code: "WS_ERR_TOO_MANY_FRAGMENTS",
       });
     }
-    if (this.#messageOpcode === Opcode.Text) this.#validateUtf8(payload, fin);
     if (total > this.#fragments.length) {
       const grown = new Uint8Array(Math.min(Math.max(total, this.#fragments.length * 2), this.#options.maxPayload));
       grown.set(this.#fragments.subarray(0, this.#fragmentBytes));
@@ -645,31 +722,38 @@ export class Protocol {
     }
     this.#fragments.set(payload, this.#fragmentBytes);
     this.#fragmentBytes = total;
+    if (this.#messageOpcode === Opcode.Text) this.#validateUtf8(payload, fin);
     if (!fin) return;
     const opcode = this.#messageOpcode!;
     const message = this.#fragments.subarray(0, total);
     this.#messageOpcode = undefined;
-    this.#fragments = new Uint8Array(0);
+    this.#fragments = EMPTY;
     this.#fragmentBytes = this.#fragmentCount = 0;
     this.#deliver(opcode, message, false);
   }
 
   // RFC 6455 8.1: fail fast on invalid UTF-8, even when a character spans fragments.
+  // A lenient streaming decoder marks an invalid sequence with U+FFFD; only then does
+  // the (much slower) strict one rule on the message so far, and it reads the rest.
   #validateUtf8(payload: Uint8Array, fin: boolean): void {
-    this.#utf8Validator ??= new TextDecoder("utf-8", { fatal: true });
+    const options = { stream: !fin };
     try {
-      this.#utf8Validator.decode(payload, { stream: !fin });
+      const validator = this.#utf8Validator ??= new TextDecoder("utf-8", { ignoreBOM: true });
+      if (!validator.decode(payload, options).includes("\uFFFD") || validator.fatal) return;
+      this.#utf8Validator = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+      this.#utf8Validator.decode(this.#fragments.subarray(0, this.#fragmentBytes), options);
     } catch (cause) {
-      this.#utf8Validator = undefined;
       throw new ProtocolError("Text message is not valid UTF-8", {
         closeCode: CloseCode.InvalidPayload,
         code: "WS_ERR_INVALID_UTF8",
         cause,
       });
+    } finally {
+      if (fin) this.#utf8Validator = undefined;
     }
   }
 
-  #deliver(opcode: number, payload: Uint8Array, copy = true): void {
+  #deliver(opcode: number, payload: Uint8Array, copy: boolean): void {
     if (this.#state !== "open" && this.#state !== "closing") return;
     // A binary payload is a view into the read buffer, which is reused: copy it.
     const message = opcode === Opcode.Text ? decodeText(payload) : copy ? payload.slice() : payload;
@@ -839,6 +923,11 @@ export class Protocol {
     clearTimeout(this.#closeTimer);
     this.#reading = false;
     this.#state = "closed";
+    if (this.#large) {
+      this.#large.payload = this.#large.payload.subarray(0, this.#large.received);
+      reserve(this.#large); // gives its room back
+      this.#large = undefined;
+    }
     if (this.#connClosed) return;
     const linger = setTimeout(() => this.#abort(), this.#options.closeTimeout);
     try {
@@ -873,6 +962,50 @@ export class Protocol {
 
 function withoutUndefined<T extends object>(options: T): Partial<T> {
   return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>;
+}
+
+// A frame whose payload is read into a buffer of its own, and how much has arrived.
+interface LargeFrame {
+  header: FrameHeader;
+  maskKey: Uint8Array;
+  /** The payload's buffer: its declared length, or less while it grows with arrivals. */
+  payload: Uint8Array;
+  received: number;
+  unmasked: number;
+  /** Bytes of RESERVE_LIMIT this frame holds: room in `payload` not filled yet. */
+  reserved: number;
+}
+
+// The size for a payload buffer of `length` bytes when `received` have arrived and the
+// buffer holds `current`: all of it if the reserve allows, else twice as much as now
+// (and always room for more).
+function payloadCapacity(length: number, received: number, current: number): number {
+  if (reserved + length - received <= RESERVE_LIMIT) return length;
+  return Math.min(length, Math.max(2 * current, received + READ_BUFFER_MAX));
+}
+
+// One buffer kept for the payloads of large text frames, which are garbage once
+// decoded: a fresh buffer costs a page fault every 4 KiB as it is first written.
+const SPARE_LIMIT = 4 * 1024 * 1024;
+let spare: Uint8Array | undefined;
+
+function takeSpare(size: number): Uint8Array {
+  if (spare === undefined || spare.length < size) return new Uint8Array(size);
+  const buffer = spare.subarray(0, size);
+  spare = undefined;
+  return buffer;
+}
+
+function giveSpare(buffer: Uint8Array): void {
+  const whole = new Uint8Array(buffer.buffer);
+  if (whole.length <= SPARE_LIMIT && whole.length > (spare?.length ?? 0)) spare = whole;
+}
+
+// Updates the reserve for the room left in a large frame's buffer.
+function reserve(large: LargeFrame): void {
+  const room = large.payload.length - large.received;
+  reserved += room - large.reserved;
+  large.reserved = room;
 }
 
 function headTooLarge(limit: number): ProtocolError {
@@ -937,13 +1070,13 @@ function httpResponse(response: HttpResponse): Uint8Array {
   return concat([headBytes, body], headBytes.length + body.length);
 }
 
-// A data frame to queue: a small one is cut from a slab; a large payload stays where
-// it is and is written after its header, without a copy.
+// A data frame to queue: a small one is cut from a slab, a long text is encoded into a
+// frame of its own, and a large binary payload stays where it is and is written after
+// its header, without a copy.
 function encodeMessage(msg: string | Uint8Array): Uint8Array | [Uint8Array, Uint8Array] {
-  const opcode = typeof msg === "string" ? Opcode.Text : Opcode.Binary;
-  if (msg.length < LARGE_PAYLOAD) return encodeFrame(opcode, msg, pooled);
-  const payload = typeof msg === "string" ? encoder.encode(msg) : msg;
-  return [encodeHeader(opcode, payload.length, pooled), payload];
+  if (typeof msg === "string") return encodeFrame(Opcode.Text, msg, msg.length < LARGE_PAYLOAD ? pooled : undefined);
+  if (msg.length < LARGE_PAYLOAD) return encodeFrame(Opcode.Binary, msg, pooled);
+  return [encodeHeader(Opcode.Binary, msg.length, pooled), msg];
 }
 
 function allocate(length: number): Uint8Array {
