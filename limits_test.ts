@@ -219,3 +219,30 @@ Deno.test("fragments are bounded by maxPayload in total, refused before the rest
     await server.close();
   }
 });
+
+Deno.test("RFC 6455 5.5.3: a peer that pings without reading its pongs cannot grow the send queue", async () => {
+  const server = recordingServer({ closeTimeout: 300 });
+  try {
+    const client = await RawClient.open(server.port);
+    const handler = await server.handler(0);
+    await handler.connected.promise;
+    // 8 MiB of pongs to answer, far more than the socket buffers take; the client reads none.
+    const pings = new Uint8Array(64 * 1024 * 30);
+    const ping = encodeFrame(Opcode.Ping, new Uint8Array(24), { mask: true });
+    for (let offset = 0; offset + ping.length <= pings.length; offset += ping.length) pings.set(ping, offset);
+    let highest = 0;
+    for (let round = 0; round < 5; round++) {
+      await client.write(pings);
+      await sleep(20);
+      highest = Math.max(highest, handler.bufferedAmount);
+    }
+    assert(highest <= 2 * 64 * 1024, `send queue reached ${highest} bytes`);
+    // Still served: a message gets through, and the last ping's pong is among what arrives.
+    await client.send(Opcode.Text, "still there");
+    assertEquals(await handler.received(1), ["still there"]);
+    assertEquals(handler.state, "open");
+    client.close();
+  } finally {
+    await server.close();
+  }
+});

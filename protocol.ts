@@ -158,11 +158,9 @@ export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrit
 
 // RFC 6455 1.3: the GUID appended to Sec-WebSocket-Key.
 const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-// The read buffer: 4 KiB for the request head (grown up to maxHeaderSize if it needs
-// more); then 1 KiB, doubled up to 64 KiB while reads fill it and given back once they
-// do not. Idle connections hold little; a frame larger than the buffer is read straight
-// into a buffer of its own.
-const HEAD_BUFFER_SIZE = 4096;
+// The read buffer: 1 KiB, doubled while reads fill it (up to maxHeaderSize for the
+// request head, then up to 64 KiB) and given back once they do not. Idle connections
+// hold little; a frame larger than the buffer is read straight into a buffer of its own.
 const READ_BUFFER_MIN = 1024;
 const READ_BUFFER_MAX = 64 * 1024;
 // Payload buffers are allocated at their frame's declared length once its header has
@@ -242,8 +240,6 @@ export class Protocol {
   readonly id: string = crypto.randomUUID();
   /** Every connected user by id, shared by all connections; holds this one while it is open. */
   readonly users: Map<string, Protocol>;
-  /** The opening handshake request, once it has been parsed. */
-  request: HandshakeRequest | undefined;
   /** The subprotocol agreed on in the handshake, or `""`. */
   protocol = "";
   /** The closing handshake's code: the peer's, else the one sent, else 1006 (abnormal). */
@@ -251,8 +247,11 @@ export class Protocol {
   /** The closing handshake's reason. */
   closeReason = "";
 
-  #options: Required<Omit<ProtocolOptions, "allowedOrigins">>;
-  #allowedOrigins: ProtocolOptions["allowedOrigins"];
+  #options: ResolvedOptions;
+  // The request head as received; its parsed form is kept during the handshake, and
+  // parsed again if asked for later, which idle connections do not pay for.
+  #head = "";
+  #request: HandshakeRequest | undefined;
   #state: ConnectionState = "connecting";
   #conn: Connection | undefined;
   #connClosed = false;
@@ -263,7 +262,7 @@ export class Protocol {
   #lastSeen = 0;
 
   // Read buffer: bytes [#start, #end) are received and not yet parsed.
-  #buffer = new Uint8Array(HEAD_BUFFER_SIZE);
+  #buffer = new Uint8Array(READ_BUFFER_MIN);
   #start = 0;
   #end = 0;
   #lastRead = 0;
@@ -281,6 +280,7 @@ export class Protocol {
   // Send queue: frames not yet written, and the promise of the batch they will go in.
   #queue: Uint8Array[] = [];
   #queuedBytes = 0;
+  #queuedPong = -1; // index in #queue of a pong not yet written, or -1
   #flushing: Promise<void> | undefined;
   #batchWritten: PromiseWithResolvers<boolean> | undefined;
   #coalesced: Uint8Array | undefined;
@@ -293,9 +293,15 @@ export class Protocol {
    */
   constructor(users: Map<string, Protocol> = new Map(), options: ProtocolOptions = {}) {
     this.users = users;
-    const { allowedOrigins, ...limits } = options;
-    this.#options = { ...DEFAULTS, ...withoutUndefined(limits) };
-    this.#allowedOrigins = allowedOrigins;
+    this.#options = resolveOptions(options);
+  }
+
+  /** The opening handshake request, once it has been parsed. */
+  get request(): HandshakeRequest | undefined {
+    if (this.#request === undefined && this.#head !== "") {
+      this.#request = parseRequestHead(this.#head, Infinity);
+    }
+    return this.#request;
   }
 
   /** The connection's state. */
@@ -442,12 +448,20 @@ export class Protocol {
     try {
       if (!(await this.#handshake())) return;
       this.#state = "open";
+      this.#request = undefined;
       this.users.set(this.id, this);
       connected = true;
       this.#startHeartbeat();
       this.#callback(() => this.onConnect());
       this.#receive();
-      while (this.#reading && (await this.#read())) this.#receive();
+      // The loop of #read, inline: one promise less a read.
+      while (this.#reading) {
+        const target = this.#readTarget();
+        const count = await this.#conn!.read(target);
+        if (count === null) break;
+        this.#didRead(target, count);
+        this.#receive();
+      }
     } catch (error) {
       if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
     } finally {
@@ -502,7 +516,8 @@ export class Protocol {
   // Checks the request and returns the HTTP answer; throws ProtocolError to refuse.
   async #answer(head: string): Promise<{ response: Uint8Array; upgraded: boolean }> {
     const request = parseRequestHead(head, this.#options.maxHeaders);
-    this.request = request;
+    this.#head = head;
+    this.#request = request;
     const headers = request.headers;
     if (!headers.has("upgrade")) {
       const response = this.onHttpRequest(request);
@@ -556,7 +571,7 @@ export class Protocol {
   }
 
   #originAllowed(origin: string | null): boolean {
-    const allowed = this.#allowedOrigins;
+    const allowed = this.#options.allowedOrigins;
     if (allowed === undefined) return true;
     return typeof allowed === "function" ? allowed(origin) : origin !== null && allowed.includes(origin);
   }
@@ -566,22 +581,31 @@ export class Protocol {
   // Reads once, into the read buffer or into the payload of the large frame being
   // received; false at EOF.
   async #read(): Promise<boolean> {
+    const target = this.#readTarget();
+    const count = await this.#conn!.read(target);
+    if (count === null) return false;
+    this.#didRead(target, count);
+    return true;
+  }
+
+  // Where the next read goes: the free end of the read buffer, or the rest of the
+  // large frame's payload.
+  #readTarget(): Uint8Array {
     const large = this.#large;
-    if (large) {
-      const count = await this.#conn!.read(large.payload.subarray(large.received));
-      if (count === null) return false;
-      large.received += count;
+    if (large) return large.payload.subarray(large.received);
+    this.#makeRoom();
+    return this.#buffer.subarray(this.#end);
+  }
+
+  #didRead(target: Uint8Array, count: number): void {
+    if (this.#large) {
+      this.#large.received += count;
     } else {
-      this.#makeRoom();
-      const space = this.#buffer.length - this.#end;
-      const count = await this.#conn!.read(this.#buffer.subarray(this.#end));
-      if (count === null) return false;
       this.#end += count;
       this.#lastRead = count;
-      this.#readFilled = count === space;
+      this.#readFilled = count === target.length;
     }
     this.#lastSeen = Date.now();
-    return true;
   }
 
   // Moves unparsed bytes to the front of the read buffer, growing it first where it is
@@ -700,8 +724,7 @@ export class Protocol {
         return this.#receiveClose(payload);
       case Opcode.Ping:
         // RFC 6455 5.5.2: answer with a pong carrying the same data, unless closing.
-        if (!this.#closeSent) this.#enqueue(encodeFrame(Opcode.Pong, payload, pooled));
-        return;
+        return this.#sendPong(payload);
         // A pong, solicited or not, only shows the peer is alive (RFC 6455 5.5.3).
     }
   }
@@ -842,6 +865,19 @@ export class Protocol {
     return true;
   }
 
+  // RFC 6455 5.5.3: only the most recent ping needs its pong, so a pong still queued is
+  // replaced: a peer that pings without reading cannot grow the queue.
+  #sendPong(payload: Uint8Array): void {
+    if (this.#closeSent || this.#connClosed) return;
+    const pong = encodeFrame(Opcode.Pong, payload, pooled);
+    if (this.#queuedPong < 0) {
+      this.#queuedPong = this.#queue.length;
+      return this.#enqueue(pong);
+    }
+    this.#queuedBytes += pong.length - this.#queue[this.#queuedPong].length;
+    this.#queue[this.#queuedPong] = pong;
+  }
+
   #sendClose(payload: Uint8Array): void {
     this.#enqueue(encodeFrame(Opcode.Close, payload, pooled));
     this.#closeSent = true;
@@ -868,11 +904,18 @@ export class Protocol {
       const batch = this.#queue;
       const batchWritten = this.#batchWritten;
       this.#queue = [];
+      this.#queuedPong = -1;
       this.#batchWritten = undefined;
       let bytes = 0;
       for (const frame of batch) bytes += frame.length;
       try {
-        await this.#writeBatch(batch);
+        if (batch.length > 1) {
+          await this.#writeBatch(batch);
+        } else {
+          // #writeAll, inline: one promise less a write.
+          const frame = batch[0];
+          for (let offset = 0; offset < frame.length;) offset += await this.#conn!.write(frame.subarray(offset));
+        }
       } catch {
         written = false;
         this.#abort();
@@ -888,7 +931,6 @@ export class Protocol {
   // One write for all small frames of a batch, copied together into a buffer reused
   // while the connection is busy; a frame of COALESCE_LIMIT or more goes as it is.
   async #writeBatch(frames: Uint8Array[]): Promise<void> {
-    if (frames.length === 1) return await this.#writeAll(frames[0]);
     let used = 0;
     for (const frame of frames) {
       if (used > 0 && used + frame.length > COALESCE_LIMIT) {
@@ -960,8 +1002,19 @@ export class Protocol {
   }
 }
 
-function withoutUndefined<T extends object>(options: T): Partial<T> {
-  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>;
+type ResolvedOptions = Required<Omit<ProtocolOptions, "allowedOrigins">> & Pick<ProtocolOptions, "allowedOrigins">;
+
+// Connections made with the same options object share their resolved options.
+const resolved = new WeakMap<ProtocolOptions, ResolvedOptions>();
+
+function resolveOptions(options: ProtocolOptions): ResolvedOptions {
+  let result = resolved.get(options);
+  if (result === undefined) {
+    const given = Object.entries(options).filter(([, value]) => value !== undefined);
+    result = { ...DEFAULTS, ...Object.fromEntries(given) };
+    resolved.set(options, result);
+  }
+  return result;
 }
 
 // A frame whose payload is read into a buffer of its own, and how much has arrived.
