@@ -279,6 +279,7 @@ export class Protocol {
 
   // Send queue: frames not yet written, and the promise of the batch they will go in.
   #queue: Uint8Array[] = [];
+  #spareQueue: Uint8Array[] = []; // the queue array not in use, swapped in by each flush
   #queuedBytes = 0;
   #queuedPong = -1; // index in #queue of a pong not yet written, or -1
   #flushing: Promise<void> | undefined;
@@ -887,8 +888,7 @@ export class Protocol {
     if (this.#closeSent || this.#connClosed) return;
     this.#queue.push(frame);
     this.#queuedBytes += frame.length;
-    // Start writing once the current task is done: frames sent together go in one write.
-    this.#flushing ??= Promise.resolve().then(() => this.#flush());
+    this.#flushing ??= this.#flush();
   }
 
   // A promise for the batch the last queued frame will be written in.
@@ -899,11 +899,13 @@ export class Protocol {
 
   // Writes queued frames: all that are queued at once, in one write where small.
   async #flush(): Promise<void> {
+    // Write once the current task is done: frames sent together go in one write.
+    await undefined;
     let written = true;
     while (this.#queue.length > 0 && written) {
       const batch = this.#queue;
       const batchWritten = this.#batchWritten;
-      this.#queue = [];
+      this.#queue = this.#spareQueue;
       this.#queuedPong = -1;
       this.#batchWritten = undefined;
       let bytes = 0;
@@ -914,7 +916,8 @@ export class Protocol {
         } else {
           // #writeAll, inline: one promise less a write.
           const frame = batch[0];
-          for (let offset = 0; offset < frame.length;) offset += await this.#conn!.write(frame.subarray(offset));
+          let offset = await this.#conn!.write(frame);
+          while (offset < frame.length) offset += await this.#conn!.write(frame.subarray(offset));
         }
       } catch {
         written = false;
@@ -922,6 +925,8 @@ export class Protocol {
       }
       this.#queuedBytes -= bytes;
       batchWritten?.resolve(written);
+      batch.length = 0;
+      this.#spareQueue = batch;
     }
     this.#batchWritten?.resolve(false);
     this.#flushing = undefined;
