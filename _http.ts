@@ -1,0 +1,154 @@
+// HTTP/1.1 for the opening handshake (RFC 6455 4.2, RFC 7230): parsing the request head,
+// the accept key, and the responses. Private to the module; protocol.ts re-exports the
+// public parts.
+
+import { encodeBase64 } from "@std/encoding/base64";
+import { ProtocolError } from "./errors.ts";
+
+/**
+ * The parsed opening handshake request, as `this.request` in a {@linkcode Protocol}.
+ *
+ * @example Refuse connections without a token in the query
+ * ```ts
+ * import { Protocol } from "./protocol.ts";
+ *
+ * class Handler extends Protocol {
+ *   override onHandshake() {
+ *     return this.request?.query.get("token") === "secret";
+ *   }
+ * }
+ * ```
+ */
+export interface HandshakeRequest {
+  /** The request method, such as `GET`. */
+  method: string;
+  /** The request target's path, such as `/chat`. */
+  path: string;
+  /** The request target's query parameters. */
+  query: URLSearchParams;
+  /** The request headers. */
+  headers: Headers;
+}
+
+/**
+ * An HTTP answer to a request that is not a WebSocket upgrade (see `onHttpRequest`).
+ *
+ * @example
+ * ```ts
+ * import { type HandshakeRequest, type HttpResponse, Protocol } from "./protocol.ts";
+ *
+ * class Handler extends Protocol {
+ *   override onHttpRequest(request: HandshakeRequest): HttpResponse | undefined {
+ *     if (request.path === "/health") return { status: 200, body: "ok" };
+ *   }
+ * }
+ * ```
+ */
+export interface HttpResponse {
+  /** The status code. */
+  status: number;
+  /** Extra headers; `Content-Length` and `Connection: close` are added. */
+  headers?: Record<string, string>;
+  /** The body. */
+  body?: string | Uint8Array;
+}
+
+// RFC 6455 1.3: the GUID appended to Sec-WebSocket-Key.
+const WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+const STATUS_TEXT: Readonly<Record<number, string>> = {
+  101: "Switching Protocols",
+  200: "OK",
+  400: "Bad Request",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  426: "Upgrade Required",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+const encoder = new TextEncoder();
+
+/**
+ * The `Sec-WebSocket-Accept` value for a `Sec-WebSocket-Key` (RFC 6455 4.2.2): the
+ * base64 SHA-1 of the key and the protocol's GUID.
+ *
+ * @example The RFC 6455 1.3 example
+ * ```ts
+ * import { computeAcceptKey } from "./protocol.ts";
+ *
+ * console.log(await computeAcceptKey("dGhlIHNhbXBsZSBub25jZQ==")); // "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+ * ```
+ *
+ * @param key The client's `Sec-WebSocket-Key`.
+ * @returns The base64 accept value.
+ */
+export async function computeAcceptKey(key: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + WEBSOCKET_GUID));
+  return encodeBase64(digest);
+}
+
+// RFC 7230 3.1.1 and 3.2: request line, then header fields, no obsolete line folding.
+export function parseRequestHead(head: string, maxHeaders: number): HandshakeRequest {
+  const lines = head.split("\r\n");
+  const requestLine = lines[0].split(" ");
+  if (requestLine.length !== 3 || !requestLine[0] || !requestLine[1]) {
+    throw new ProtocolError("Malformed request line");
+  }
+  const [method, target, version] = requestLine;
+  if (version !== "HTTP/1.1") throw new ProtocolError(`HTTP version must be HTTP/1.1, got ${version}`);
+  if (lines.length - 1 > maxHeaders) {
+    throw new ProtocolError(`More than ${maxHeaders} header fields`, { status: 431 });
+  }
+  const headers = new Headers();
+  for (let i = 1; i < lines.length; i++) {
+    const colon = lines[i].indexOf(":");
+    const name = lines[i].slice(0, colon);
+    if (colon <= 0 || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) {
+      throw new ProtocolError(`Malformed header line ${JSON.stringify(lines[i].slice(0, 40))}`);
+    }
+    try {
+      headers.append(name, lines[i].slice(colon + 1).trim());
+    } catch (cause) {
+      throw new ProtocolError(`Invalid value of header ${name}`, { cause });
+    }
+  }
+  // RFC 7230 5.3: origin-form ("/path?query"); absolute-form is accepted too.
+  const url = URL.parse(target, "http://localhost");
+  if (url === null || !(target.startsWith("/") || /^https?:\/\//i.test(target))) {
+    throw new ProtocolError(`Malformed request target ${JSON.stringify(target.slice(0, 40))}`);
+  }
+  return { method, path: url.pathname, query: url.searchParams, headers };
+}
+
+// Whether a comma-separated header value holds `token`, case-insensitively.
+export function hasToken(value: string | null, token: string): boolean {
+  return value !== null && value.split(",").some((part) => part.trim().toLowerCase() === token);
+}
+
+// An HTTP/1.1 response that closes the connection: for refusals and plain requests.
+export function httpResponse(response: HttpResponse): Uint8Array {
+  const body = typeof response.body === "string" ? encoder.encode(response.body) : response.body ?? new Uint8Array(0);
+  const headers = new Headers({ "Content-Type": "text/plain; charset=utf-8", ...response.headers });
+  if (response.status === 426) headers.set("Sec-WebSocket-Version", "13");
+  if (response.status === 405) headers.set("Allow", "GET");
+  headers.set("Content-Length", `${body.length}`);
+  headers.set("Connection", "close");
+  let head = `HTTP/1.1 ${response.status} ${STATUS_TEXT[response.status] ?? ""}\r\n`;
+  for (const [name, value] of headers) head += `${name}: ${value}\r\n`;
+  const headBytes = encoder.encode(head + "\r\n");
+  const bytes = new Uint8Array(headBytes.length + body.length);
+  bytes.set(headBytes);
+  bytes.set(body, headBytes.length);
+  return bytes;
+}
+
+// The 101 answer that completes the handshake (RFC 6455 4.2.2). RFC 6455 9.1: no
+// extension is implemented, so none is accepted: Sec-WebSocket-Extensions is left out.
+export function switchingProtocols(accept: string, protocol: string): Uint8Array {
+  return encoder.encode(
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+      `Sec-WebSocket-Accept: ${accept}\r\n` + (protocol ? `Sec-WebSocket-Protocol: ${protocol}\r\n` : "") + "\r\n",
+  );
+}
