@@ -115,6 +115,43 @@ Deno.test("heartbeat: a peer that answers pings stays connected past idleTimeout
   }
 });
 
+Deno.test("heartbeat: connections share a timer; those left keep their pings when one leaves", async () => {
+  const server = recordingServer({ pingInterval: 50, idleTimeout: 10_000, closeTimeout: 200 });
+  try {
+    const [leaving, staying] = [await RawClient.open(server.port), await RawClient.open(server.port)];
+    assertEquals((await leaving.readFrame(1000))?.opcode, Opcode.Ping);
+    await leaving.sendClose(1000);
+    await (await server.handler(0)).disconnected.promise;
+    for (let i = 0; i < 4; i++) assertEquals((await staying.readFrame(1000))?.opcode, Opcode.Ping);
+    leaving.close();
+    staying.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("heartbeat: pings come every pingInterval, not every idleTimeout, when idleTimeout is shorter", async () => {
+  const server = recordingServer({ pingInterval: 300, idleTimeout: 100 });
+  try {
+    const client = await RawClient.open(server.port);
+    // Data every 40 ms keeps the connection alive for 1 s; then a close ends the count.
+    const sending = (async () => {
+      for (const until = Date.now() + 1000; Date.now() < until; await sleep(40)) {
+        await client.send(Opcode.Text, "alive");
+      }
+      await client.sendClose(1000);
+    })();
+    const { before } = await client.readUntilClose();
+    await sending;
+    const pings = before.filter((frame) => frame.opcode === Opcode.Ping).length;
+    assert(pings >= 2 && pings <= 4, `${pings} pings in 1 s at pingInterval 300 ms`);
+    assertEquals((await server.handler(0)).closeCode, 1000, "closed by the client, not for idleness");
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("heartbeat: pingInterval 0 and idleTimeout 0 turn it off", async () => {
   const server = recordingServer({ pingInterval: 0, idleTimeout: 0 });
   try {

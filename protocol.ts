@@ -188,8 +188,9 @@ export class Protocol {
   #reading = true;
   #closeSent = false;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
-  #heartbeat: ReturnType<typeof setInterval> | undefined;
+  #heartbeatPeriod = 0;
   #lastSeen = 0;
+  #lastPing = -Infinity;
 
   // Read buffer: bytes [#start, #end) are received and not yet parsed.
   #buffer = new Uint8Array(READ_BUFFER_MIN);
@@ -749,19 +750,46 @@ export class Protocol {
     }
   }
 
+  // Heartbeats: one timer for all connections of the same period, not a timer each
+  // (a timer costs a connection about 2 KiB).
+  static #heartbeats = new Map<number, { timer: ReturnType<typeof setInterval>; members: Set<Protocol> }>();
+
   #startHeartbeat(): void {
     const { pingInterval, idleTimeout } = this.#options;
     const period = Math.min(pingInterval || Infinity, idleTimeout || Infinity);
     if (period === Infinity) return;
     this.#lastSeen = Date.now();
-    this.#heartbeat = setInterval(() => {
-      if (this.#state !== "open") return;
-      if (idleTimeout > 0 && Date.now() - this.#lastSeen >= idleTimeout) {
-        this.close(CloseCode.GoingAway, "Idle timeout");
-      } else if (pingInterval > 0) {
-        this.ping();
-      }
-    }, period);
+    let group = Protocol.#heartbeats.get(period);
+    if (group === undefined) {
+      const members = new Set<Protocol>();
+      const timer = setInterval(() => {
+        const now = Date.now();
+        for (const member of members) member.#beat(now);
+      }, period);
+      group = { timer, members };
+      Protocol.#heartbeats.set(period, group);
+    }
+    group.members.add(this);
+    this.#heartbeatPeriod = period;
+  }
+
+  #stopHeartbeat(): void {
+    const group = Protocol.#heartbeats.get(this.#heartbeatPeriod);
+    if (!group?.members.delete(this) || group.members.size > 0) return;
+    clearInterval(group.timer);
+    Protocol.#heartbeats.delete(this.#heartbeatPeriod);
+  }
+
+  // Closes a connection silent for idleTimeout with 1001, else pings when one is due.
+  #beat(now: number): void {
+    if (this.#state !== "open") return;
+    const { pingInterval, idleTimeout } = this.#options;
+    if (idleTimeout > 0 && now - this.#lastSeen >= idleTimeout) {
+      this.close(CloseCode.GoingAway, "Idle timeout");
+    } else if (pingInterval > 0 && now - this.#lastPing >= pingInterval - this.#heartbeatPeriod / 2) {
+      this.#lastPing = now;
+      this.ping();
+    }
   }
 
   // --- Writing ---
@@ -892,7 +920,7 @@ export class Protocol {
 
   // Flushes what is queued, half-closes, drains the peer until EOF, then closes; all within closeTimeout.
   async #finish(): Promise<void> {
-    clearInterval(this.#heartbeat);
+    this.#stopHeartbeat();
     clearTimeout(this.#closeTimer);
     this.#reading = false;
     this.#state = "closed";
