@@ -221,7 +221,8 @@ export class Protocol {
    * Makes a connection handler.
    *
    * @param users The map of connected users, shared by all connections.
-   * @param options Limits and timers.
+   * @param options Limits and timers. Connections made with the same object share
+   *   what is read from it the first time; change options by passing a new object.
    */
   constructor(users: Map<string, Protocol> = new Map(), options: ProtocolOptions = {}) {
     this.users = users;
@@ -293,7 +294,7 @@ export class Protocol {
 
   /**
    * Sends a message: text for a string, binary for bytes. Frames of one connection
-   * never interleave. Bytes of 64 KiB and more are written from your buffer without a
+   * never interleave. Bytes of 4 KiB and more are written from your buffer without a
    * copy, as `ws` does: leave them unchanged until the returned promise settles.
    *
    * @example
