@@ -2,11 +2,11 @@
 //
 //   deno task bench:load [--quick] [--servers ours,deno,ws] [--scenario echo|fanout|connect]
 //
-// Each server runs pinned to core 0, this load generator to core 1; loopback only.
-// Every figure is the median of 3 repetitions. Results: a table, and bench/results/latest.json.
+// Each server runs pinned to core 0, the load generator to core 1; loopback only. The load
+// generator is bench/loadgen.c (epoll, single-threaded), built into bench/results/ with the
+// system's C compiler. Every figure is the median of 3 repetitions. Results: a table, and
+// bench/results/latest.json.
 import { parseArgs } from "@std/cli/parse-args";
-import { encodeFrame, Opcode } from "../frame.ts";
-import { type Client, openMany } from "./client.ts";
 
 const flags = parseArgs(Deno.args, {
   boolean: ["quick"],
@@ -108,6 +108,111 @@ async function startServer(name: string, echo: boolean): Promise<Server> {
   };
 }
 
+// ---------------------------------------------------------------- the load generator
+
+const LOADGEN_SOURCE = `${HERE}loadgen.c`;
+const LOADGEN = `${HERE}results/loadgen`; // bench/results/ is git-ignored
+
+// Builds the load generator when it is missing or older than its source.
+async function buildLoadgen(): Promise<void> {
+  const source = (await Deno.stat(LOADGEN_SOURCE)).mtime!;
+  const built = (await Deno.stat(LOADGEN).catch(() => null))?.mtime;
+  if (built && built >= source) return;
+  await Deno.mkdir(`${HERE}results`, { recursive: true });
+  const compilers = ["cc", "gcc", "clang"];
+  for (const cc of compilers) {
+    const build = new Deno.Command(cc, {
+      args: ["-O2", "-Wall", "-Wextra", "-o", LOADGEN, LOADGEN_SOURCE],
+    });
+    const output = await build.output().catch((error) => {
+      if (error instanceof Deno.errors.NotFound) return null;
+      throw error;
+    });
+    if (!output) continue;
+    if (!output.success) {
+      throw new Error(
+        `${cc} could not build bench/loadgen.c:\n${new TextDecoder().decode(output.stderr)}`,
+      );
+    }
+    return;
+  }
+  throw new Error(
+    `bench:load needs a C compiler for its load generator (bench/loadgen.c): none of ${compilers.join(", ")} found`,
+  );
+}
+
+// One JSON line of the load generator: the connections' setup, or a run.
+interface Report {
+  wall_s: number;
+  cpu_s: number; // the load generator's own CPU seconds
+  messages: number; // echo
+  deliveries: number; // fanout
+  p50_ms: number | null;
+  p99_ms: number | null;
+}
+
+// A running load generator: it opens its connections and reports ("ready"), then does a
+// run per "run" line on its stdin; the end of its stdin closes them (see loadgen.c).
+class Loadgen {
+  #lines: ReadableStreamDefaultReader<string>;
+  #stdin: WritableStreamDefaultWriter<Uint8Array>;
+  #buffered = "";
+  #failed = false;
+
+  private constructor(readonly child: Deno.ChildProcess) {
+    this.#lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    this.#stdin = child.stdin.getWriter();
+  }
+
+  // Starts one and waits for its connections: returns it and the setup's report.
+  static async open(args: (string | number)[]): Promise<[Loadgen, Report]> {
+    const command = PINNED ? ["taskset", "-c", "1", LOADGEN] : [LOADGEN];
+    const loadgen = new Loadgen(
+      new Deno.Command(command[0], {
+        args: [...command.slice(1), ...args.map(String)],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn(),
+    );
+    return [loadgen, await loadgen.#report()];
+  }
+
+  async run(): Promise<Report> {
+    await this.#stdin.write(new TextEncoder().encode("run\n"));
+    return this.#report();
+  }
+
+  async #report(): Promise<Report> {
+    while (!this.#buffered.includes("\n")) {
+      const { value, done } = await this.#lines.read();
+      if (done) {
+        this.#failed = true;
+        throw new Error(
+          `the load generator exited (status ${(await this.child.status).code})`,
+        );
+      }
+      this.#buffered += value;
+    }
+    const end = this.#buffered.indexOf("\n");
+    const line = this.#buffered.slice(0, end);
+    this.#buffered = this.#buffered.slice(end + 1);
+    return JSON.parse(line);
+  }
+
+  // Ends its input: it closes its connections and exits.
+  async close(): Promise<void> {
+    await this.#stdin.close().catch(() => {});
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), 5000);
+    const status = await this.child.status;
+    clearTimeout(timer);
+    await this.#lines.cancel().catch(() => {});
+    if (!status.success && !this.#failed) {
+      throw new Error(`the load generator exited with status ${status.code}`);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- measurements
 
 interface Figures {
@@ -120,25 +225,17 @@ interface Figures {
   rssPerConnKiB?: number;
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+// Runs `body` and returns its result and the server's CPU seconds meanwhile.
+async function measured<T>(
+  pid: number,
+  body: () => Promise<T>,
+): Promise<[T, number]> {
+  const server0 = cpuTicks(pid);
+  const result = await body();
+  return [result, (cpuTicks(pid) - server0) / CLK_TCK];
 }
 
-// Runs `body` and returns the wall time, the server's and our own CPU seconds.
-async function measured(pid: number, body: () => Promise<void>) {
-  const [server0, self0, wall0] = [
-    cpuTicks(pid),
-    cpuTicks(Deno.pid),
-    performance.now(),
-  ];
-  await body();
-  const wall = (performance.now() - wall0) / 1000;
-  return {
-    wall,
-    serverCpu: (cpuTicks(pid) - server0) / CLK_TCK,
-    selfCpu: (cpuTicks(Deno.pid) - self0) / CLK_TCK,
-  };
-}
+const loadCpu = (report: Report) => report.cpu_s / report.wall_s * 100;
 
 interface EchoCase {
   conns: number;
@@ -150,131 +247,30 @@ interface EchoCase {
 // Every connection keeps `window` messages in flight; each echo is answered by a new message.
 async function echoRun(
   server: Server,
-  clients: Client[],
+  loadgen: Loadgen,
   spec: EchoCase,
 ): Promise<Figures> {
-  const frame = encodeFrame(
-    spec.text ? Opcode.Text : Opcode.Binary,
-    spec.text ? "x".repeat(spec.size) : new Uint8Array(spec.size),
-    { mask: true },
-  );
-  const batches = new Map<number, Uint8Array>();
-  const batch = (count: number) => {
-    if (spec.size >= 64 * 1024) return null; // large frames go one write each
-    let bytes = batches.get(count);
-    if (!bytes) {
-      bytes = new Uint8Array(frame.length * count);
-      for (let i = 0; i < count; i++) bytes.set(frame, i * frame.length);
-      batches.set(count, bytes);
-    }
-    return bytes;
-  };
-  const send = async (client: Client, count: number) => {
-    const bytes = batch(count);
-    if (bytes) await client.write(bytes);
-    else for (let i = 0; i < count; i++) await client.write(frame);
-  };
-  const latencies: number[] = [];
-  let messages = 0;
-  const deadline = performance.now() + RUN_SECONDS * 1000;
-  const usage = await measured(server.pid, async () => {
-    await Promise.all(clients.map(async (client) => {
-      const sentAt: number[] = [];
-      let next = 0;
-      const now = performance.now();
-      for (let i = 0; i < spec.window; i++) sentAt.push(now);
-      await send(client, spec.window);
-      let inFlight = spec.window;
-      while (inFlight > 0) {
-        let received = 0;
-        const open = await client.read((reply) => {
-          if (reply.opcode !== Opcode.Text && reply.opcode !== Opcode.Binary) {
-            return;
-          }
-          latencies.push(performance.now() - sentAt[next++]);
-          received++;
-        });
-        if (!open) throw new Error("the server closed the connection");
-        messages += received;
-        inFlight -= received;
-        if (received > 0 && performance.now() < deadline) {
-          const time = performance.now();
-          for (let i = 0; i < received; i++) sentAt.push(time);
-          inFlight += received;
-          await send(client, received);
-        }
-      }
-    }));
-  });
-  latencies.sort((a, b) => a - b);
+  const [report, serverCpu] = await measured(server.pid, () => loadgen.run());
   return {
-    rate: messages / usage.wall,
-    mbPerSec: messages * spec.size / usage.wall / 1e6,
-    p50: percentile(latencies, 0.5),
-    p99: percentile(latencies, 0.99),
-    serverUs: usage.serverCpu / messages * 1e6,
-    loadCpu: usage.selfCpu / usage.wall * 100,
+    rate: report.messages / report.wall_s,
+    mbPerSec: report.messages * spec.size / report.wall_s / 1e6,
+    p50: report.p50_ms ?? undefined,
+    p99: report.p99_ms ?? undefined,
+    serverUs: serverCpu / report.messages * 1e6,
+    loadCpu: loadCpu(report),
   };
 }
 
 // One sender, `receivers` others, all reading; the sender keeps `window` messages
 // in flight, counted done when it receives its own copy.
-async function fanoutRun(
-  server: Server,
-  clients: Client[],
-  window: number,
-): Promise<Figures> {
-  const sender = clients[0];
-  const sentAt: number[] = [];
-  const latencies: number[] = [];
-  let deliveries = 0;
-  let acknowledged = 0;
-  let wake = () => {};
-  let reading = true;
-  const deadline = performance.now() + RUN_SECONDS * 1000;
-  const usage = await measured(server.pid, async () => {
-    const readers = clients.map(async (client) => {
-      while (reading) {
-        const open = await client.read((frame) => {
-          if (frame.opcode !== Opcode.Binary) return; // connect notices
-          const sequence = new DataView(
-            frame.payload.buffer,
-            frame.payload.byteOffset,
-          ).getUint32(0);
-          latencies.push(performance.now() - sentAt[sequence]);
-          deliveries++;
-          if (client === sender) {
-            acknowledged++;
-            wake();
-          }
-        });
-        if (!open) return;
-      }
-    });
-    const payload = new Uint8Array(32);
-    for (let sequence = 0; performance.now() < deadline; sequence++) {
-      while (sequence - acknowledged >= window) {
-        await new Promise<void>((resolve) => wake = resolve);
-      }
-      new DataView(payload.buffer).setUint32(0, sequence);
-      sentAt[sequence] = performance.now();
-      await sender.write(encodeFrame(Opcode.Binary, payload, { mask: true }));
-    }
-    const expected = sentAt.length * clients.length;
-    const drainBy = performance.now() + 10_000;
-    while (deliveries < expected && performance.now() < drainBy) await sleep(5);
-    reading = false;
-    // Wake the readers with one last message so that they return.
-    await sender.write(encodeFrame(Opcode.Text, "stop", { mask: true }));
-    await Promise.race([Promise.all(readers), sleep(2000)]);
-  });
-  latencies.sort((a, b) => a - b);
+async function fanoutRun(server: Server, loadgen: Loadgen): Promise<Figures> {
+  const [report, serverCpu] = await measured(server.pid, () => loadgen.run());
   return {
-    rate: deliveries / usage.wall,
-    p50: percentile(latencies, 0.5),
-    p99: percentile(latencies, 0.99),
-    serverUs: usage.serverCpu / deliveries * 1e6,
-    loadCpu: usage.selfCpu / usage.wall * 100,
+    rate: report.deliveries / report.wall_s,
+    p50: report.p50_ms ?? undefined,
+    p99: report.p99_ms ?? undefined,
+    serverUs: serverCpu / report.deliveries * 1e6,
+    loadCpu: loadCpu(report),
   };
 }
 
@@ -282,27 +278,24 @@ async function fanoutRun(
 async function connectRun(server: Server, count: number): Promise<Figures> {
   await sleep(300);
   const rssBefore = rssKiB(server.pid);
-  let clients: Client[] = [];
-  const usage = await measured(server.pid, async () => {
-    clients = await openMany(server.port, count);
-  });
-  // Idle clients still read what arrives (the servers announce every connect).
-  let reading = true;
-  const readers = clients.map(async (client) => {
-    while (reading && (await client.read(() => {})));
-  });
-  await sleep(500);
-  const rssPerConnKiB = (rssKiB(server.pid) - rssBefore) / count;
-  reading = false;
-  clients.forEach((client) => client.close());
-  await Promise.race([Promise.all(readers), sleep(2000)]);
-  await sleep(500);
-  return {
-    rate: count / usage.wall,
-    serverUs: usage.serverCpu / count * 1e6,
-    loadCpu: usage.selfCpu / usage.wall * 100,
-    rssPerConnKiB,
-  };
+  const [[loadgen, report], serverCpu] = await measured(
+    server.pid,
+    () => Loadgen.open(["connect", server.port, count]),
+  );
+  try {
+    // Idle clients still read what arrives (the servers announce every connect).
+    await sleep(500);
+    const rssPerConnKiB = (rssKiB(server.pid) - rssBefore) / count;
+    return {
+      rate: count / report.wall_s,
+      serverUs: serverCpu / count * 1e6,
+      loadCpu: loadCpu(report),
+      rssPerConnKiB,
+    };
+  } finally {
+    await loadgen.close();
+    await sleep(500);
+  }
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -376,9 +369,23 @@ async function benchServer(name: string, results: Results): Promise<void> {
     const server = await startServer(name, true);
     try {
       for (const spec of ECHO.filter((spec) => want(spec.name))) {
-        const clients = await openMany(server.port, spec.conns);
-        record(spec.name, await repeat(() => echoRun(server, clients, spec)));
-        clients.forEach((client) => client.close());
+        const { conns, size, window, text } = spec;
+        const [loadgen] = await Loadgen.open(
+          [
+            "echo",
+            server.port,
+            conns,
+            size,
+            window,
+            RUN_SECONDS,
+            text ? "text" : "binary",
+          ],
+        );
+        try {
+          record(spec.name, await repeat(() => echoRun(server, loadgen, spec)));
+        } finally {
+          await loadgen.close();
+        }
         await sleep(100);
       }
     } finally {
@@ -390,10 +397,19 @@ async function benchServer(name: string, results: Results): Promise<void> {
     if (!want(scenario)) continue;
     const server = await startServer(name, false);
     try {
-      const clients = await openMany(server.port, receivers + 1);
-      await sleep(500);
-      record(scenario, await repeat(() => fanoutRun(server, clients, 8)));
-      clients.forEach((client) => client.close());
+      const [loadgen] = await Loadgen.open([
+        "fanout",
+        server.port,
+        receivers,
+        8,
+        RUN_SECONDS,
+      ]);
+      try {
+        await sleep(500); // the connect notices arrive (and are skipped)
+        record(scenario, await repeat(() => fanoutRun(server, loadgen)));
+      } finally {
+        await loadgen.close();
+      }
     } finally {
       await server.stop();
     }
@@ -484,6 +500,7 @@ if (import.meta.main) {
       );
     }
   }
+  await buildLoadgen();
   const started = performance.now();
   const results: Results = {};
   for (const name of SERVERS) {
