@@ -132,17 +132,13 @@ async function buildLoadgen(): Promise<void> {
     }
     if (!output.success) {
       throw new Error(
-        `${cc} could not build bench/loadgen.c:\n${
-          new TextDecoder().decode(output.stderr)
-        }`,
+        `${cc} could not build bench/loadgen.c:\n${new TextDecoder().decode(output.stderr)}`,
       );
     }
     return;
   }
   throw new Error(
-    `bench:load needs a C compiler for its load generator (bench/loadgen.c): none of ${
-      compilers.join(", ")
-    } found`,
+    `bench:load needs a C compiler for its load generator (bench/loadgen.c): none of ${compilers.join(", ")} found`,
   );
 }
 
@@ -194,9 +190,7 @@ class Loadgen {
       if (done) {
         this.#failed = true;
         throw new Error(
-          `the load generator exited (status ${
-            (await this.child.status).code
-          })`,
+          `the load generator exited (status ${(await this.child.status).code})`,
         );
       }
       this.#buffered += value;
@@ -349,9 +343,7 @@ type Results = Record<string, Record<string, Figures>>; // scenario -> server ->
 
 function median(runs: Figures[]): Figures {
   const pick = (key: keyof Figures) => {
-    const values = runs.map((run) => run[key]).filter((value) =>
-      value !== undefined
-    ) as number[];
+    const values = runs.map((run) => run[key]).filter((value) => value !== undefined) as number[];
     values.sort((a, b) => a - b);
     return values.length ? values[Math.floor(values.length / 2)] : undefined;
   };
@@ -367,14 +359,11 @@ async function repeat(run: () => Promise<Figures>): Promise<Figures> {
 }
 
 async function benchServer(name: string, results: Results): Promise<void> {
-  const want = (scenario: string) =>
-    !flags.scenario || scenario.startsWith(flags.scenario);
+  const want = (scenario: string) => !flags.scenario || scenario.startsWith(flags.scenario);
   const record = (scenario: string, figures: Figures) => {
     (results[scenario] ??= {})[name] = figures;
     console.error(
-      `  ${name.padEnd(4)} ${scenario}: ${format(figures.rate)}/s, ${
-        figures.serverUs.toFixed(2)
-      } µs CPU each`,
+      `  ${name.padEnd(4)} ${scenario}: ${format(figures.rate)}/s, ${figures.serverUs.toFixed(2)} µs CPU each`,
     );
   };
   if (ECHO.some((spec) => want(spec.name))) {
@@ -451,9 +440,7 @@ function format(value: number | undefined, digits = 0): string {
 }
 
 const ratio = (ours: number | undefined, theirs: number | undefined) =>
-  ours === undefined || theirs === undefined
-    ? "–"
-    : `${(ours / theirs).toFixed(2)}×`;
+  ours === undefined || theirs === undefined ? "–" : `${(ours / theirs).toFixed(2)}×`;
 
 function table(results: Results): string {
   const others = SERVERS.filter((name) => name !== "ours");
@@ -485,20 +472,14 @@ function table(results: Results): string {
       ...SERVERS.map((name) => byServer[name]?.serverUs.toFixed(2) ?? "–"),
       ...others.map((name) => ratio(byServer[name]?.serverUs, ours?.serverUs)),
       ...SERVERS.map((name) =>
-        byServer[name]?.p50 === undefined
-          ? "–"
-          : `${byServer[name].p50!.toFixed(2)}/${
-            byServer[name].p99!.toFixed(2)
-          }`
+        byServer[name]?.p50 === undefined ? "–" : `${byServer[name].p50!.toFixed(2)}/${byServer[name].p99!.toFixed(2)}`
       ),
       SERVERS.map((name) => byServer[name]?.loadCpu.toFixed(0) ?? "–").join(
         "/",
       ),
     ];
   });
-  return [header, header.map(() => "---"), ...rows].map((row) =>
-    `| ${row.join(" | ")} |`
-  ).join("\n");
+  return [header, header.map(() => "---"), ...rows].map((row) => `| ${row.join(" | ")} |`).join("\n");
 }
 
 if (import.meta.main) {
@@ -530,12 +511,8 @@ if (import.meta.main) {
   const elapsed = (performance.now() - started) / 1000;
   console.log(table(results));
   console.log(
-    `\n${
-      QUICK ? "quick" : "full"
-    } run, ${REPS} repetitions of ${RUN_SECONDS} s, median shown; ` +
-      `${
-        elapsed.toFixed(0)
-      } s in all; ${Deno.build.target}, Deno ${Deno.version.deno}`,
+    `\n${QUICK ? "quick" : "full"} run, ${REPS} repetitions of ${RUN_SECONDS} s, median shown; ` +
+      `${elapsed.toFixed(0)} s in all; ${Deno.build.target}, Deno ${Deno.version.deno}`,
   );
   await Deno.mkdir(`${HERE}results`, { recursive: true });
   await Deno.writeTextFile(
