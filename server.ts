@@ -118,7 +118,9 @@ class BroadcastHandler extends Protocol {
   }
 
   override onMessage(msg: string | Uint8Array): void {
-    const count = Protocol.broadcast(this.users.values(), msg);
+    // The sender's own copy goes last: a sender that waits for it is paced by the
+    // delivery to everyone else, instead of queueing faster than they are served.
+    const count = Protocol.broadcast(this.#othersThenSelf(), msg);
     if (this.#verbose) {
       const text = typeof msg === "string" ? msg : `<${msg.length} bytes>`;
       this.#log(`[MESSAGE] from ${this.id} to ${count} users: ${text}`);
@@ -127,6 +129,11 @@ class BroadcastHandler extends Protocol {
 
   *#others(): Iterable<Protocol> {
     for (const user of this.users.values()) if (user !== this) yield user;
+  }
+
+  *#othersThenSelf(): Iterable<Protocol> {
+    yield* this.#others();
+    yield this;
   }
 }
 
