@@ -888,28 +888,28 @@ export class Protocol {
     this.#coalesced = undefined; // idle: keep no write buffer
   }
 
-  // One write for all small frames of a batch, copied together into a buffer reused
-  // while the connection is busy; a frame of COALESCE_LIMIT or more goes as it is.
+  // One write for each run of small frames in a batch, copied together: into a slab
+  // for a run of up to 4 KiB, else into a buffer kept while the connection is busy. A
+  // frame of COALESCE_LIMIT or more is written as it is.
   async #writeBatch(frames: Uint8Array[]): Promise<void> {
-    let used = 0;
-    for (const frame of frames) {
-      if (used > 0 && used + frame.length > COALESCE_LIMIT) {
-        await this.#writeAll(this.#coalesced!.subarray(0, used));
-        used = 0;
+    for (let start = 0, end = 0; start < frames.length; start = end) {
+      let length = frames[start].length;
+      for (end = start + 1; end < frames.length && length + frames[end].length <= COALESCE_LIMIT; end++) {
+        length += frames[end].length;
       }
-      if (frame.length >= COALESCE_LIMIT) {
-        await this.#writeAll(frame);
+      if (end - start === 1) {
+        await this.#writeAll(frames[start]);
         continue;
       }
-      if (this.#coalesced === undefined || used + frame.length > this.#coalesced.length) {
-        const grown = new Uint8Array(Math.min(COALESCE_LIMIT, Math.max(2 * (used + frame.length), 4096)));
-        if (used > 0) grown.set(this.#coalesced!.subarray(0, used));
-        this.#coalesced = grown;
+      if (length > SLAB_CUT_LIMIT && (this.#coalesced?.length ?? 0) < length) {
+        this.#coalesced = new Uint8Array(
+          Math.max(length, Math.min(2 * (this.#coalesced?.length ?? 0), COALESCE_LIMIT)),
+        );
       }
-      this.#coalesced.set(frame, used);
-      used += frame.length;
+      const run = length > SLAB_CUT_LIMIT ? this.#coalesced!.subarray(0, length) : allocate(length);
+      for (let i = start, offset = 0; i < end; offset += frames[i++].length) run.set(frames[i], offset);
+      await this.#writeAll(run);
     }
-    if (used > 0) await this.#writeAll(this.#coalesced!.subarray(0, used));
   }
 
   // Deno.Conn.write may write fewer bytes than given.
