@@ -201,6 +201,27 @@ Deno.test("RFC 6455 4.2.2: subprotocol chosen by selectProtocol, none by default
   });
 });
 
+Deno.test("RFC 6455 4.2.2: a subprotocol that the client did not offer is refused with 500", async () => {
+  class Wrong extends Recorder {
+    override selectProtocol() {
+      return "not-offered";
+    }
+  }
+  const server = new TestServer((users) => new Wrong(users, { pingInterval: 0, idleTimeout: 0 }));
+  try {
+    const client = await RawClient.connect(server.port);
+    await client.write(handshake({ "Sec-WebSocket-Protocol": "chat" }));
+    const answer = await client.readAnswer();
+    assertEquals(answer.status, 500, answer.body);
+    assertEquals(answer.headers.get("sec-websocket-protocol"), null);
+    await client.expectEnd();
+    client.close();
+    assertEquals(server.users.size, 0);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("RFC 6455 10.2: allowedOrigins as a list and as a predicate", async () => {
   for (
     const allowedOrigins of [["https://good.example"], (origin: string | null) => origin === "https://good.example"]
