@@ -280,6 +280,17 @@ Deno.test("RFC 6455 5.4: fragments are reassembled; a ping between them is answe
     client.close();
   }));
 
+Deno.test("RFC 6455 5.6: binary messages are not UTF-8, whole or fragmented", () =>
+  withServer(async (server) => {
+    const client = await RawClient.open(server.port);
+    await client.send(Opcode.Binary, new Uint8Array([0xff, 0xc3, 0x28]));
+    await client.send(Opcode.Binary, new Uint8Array([0xff]), false);
+    await client.send(Opcode.Continuation, new Uint8Array([0xc3, 0x28]));
+    const expected = new Uint8Array([0xff, 0xc3, 0x28]);
+    assertEquals(await (await server.handler(0)).received(2), [expected, expected]);
+    client.close();
+  }));
+
 Deno.test("RFC 6455 8.1: UTF-8 split inside a character across fragments is reassembled", () =>
   withServer(async (server) => {
     const client = await RawClient.open(server.port);
