@@ -477,6 +477,22 @@ Deno.test("RFC 6455 7.1.2: close() from the server; queued messages first, nothi
   }
 });
 
+Deno.test("RFC 6455 5.5.1: after its close frame the server sends nothing, not even a pong", () =>
+  withServer(async (server) => {
+    const client = await RawClient.open(server.port);
+    const handler = await server.handler(0);
+    await handler.connected.promise;
+    handler.close(4000, "bye");
+    const close = await client.readUntilClose();
+    assertEquals([close.code, close.before.length], [4000, 0]);
+    await client.send(Opcode.Ping, "still there?");
+    await client.sendClose(4000);
+    await client.expectEnd();
+    client.close();
+    await within(handler.disconnected.promise);
+    assertEquals(handler.closeCode, 4000);
+  }));
+
 Deno.test("RFC 6455 7.1.1: a peer that never answers our close is cut off after closeTimeout", async () => {
   const server = recordingServer({ closeTimeout: 200 });
   try {
