@@ -219,3 +219,43 @@ Deno.test("fragments are bounded by maxPayload in total, refused before the rest
     await server.close();
   }
 });
+
+Deno.test("maxPayload: fragments may sum to exactly the limit; one byte more is 1009", async () => {
+  // The frames fit the per-frame limit (a continuation may always carry 125 bytes), so
+  // only the sum of the fragments is over.
+  const server = recordingServer({ maxPayload: 1000, closeTimeout: 300 });
+  try {
+    const exact = await RawClient.open(server.port);
+    await exact.send(Opcode.Binary, new Uint8Array(990).fill(1), false);
+    await exact.send(Opcode.Continuation, new Uint8Array(10).fill(2));
+    const [message] = await (await server.handler(0)).received(1);
+    assertEquals((message as Uint8Array).length, 1000);
+
+    const over = await RawClient.open(server.port);
+    await over.send(Opcode.Binary, new Uint8Array(990), false);
+    await over.send(Opcode.Continuation, new Uint8Array(11));
+    assertEquals((await over.readUntilClose()).code, 1009);
+    const handler = await server.handler(1);
+    await within(handler.disconnected.promise);
+    assertEquals([handler.closeCode, handler.messages], [1009, []]);
+    exact.close();
+    over.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxFragments: the count starts again with each message", async () => {
+  const server = recordingServer({ maxFragments: 10 });
+  try {
+    const client = await RawClient.open(server.port);
+    for (const text of ["first", "second"]) {
+      for (let i = 0; i < 5; i++) await client.send(i === 0 ? Opcode.Text : Opcode.Continuation, "", false);
+      await client.send(Opcode.Continuation, text);
+    }
+    assertEquals(await (await server.handler(0)).received(2), ["first", "second"]);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
