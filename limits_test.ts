@@ -259,3 +259,63 @@ Deno.test("maxFragments: the count starts again with each message", async () => 
     await server.close();
   }
 });
+
+// A valid request head of exactly `size` bytes, padded with a header.
+function headOfSize(size: number): string {
+  const padding = size - handshake({ "X-Pad": "" }).length;
+  assert(padding >= 0, `a head cannot be as small as ${size} bytes`);
+  return handshake({ "X-Pad": "p".repeat(padding) });
+}
+
+Deno.test("maxHeaderSize: a head of exactly the limit is accepted, one byte more is 431", async () => {
+  const server = recordingServer({ maxHeaderSize: 1024 });
+  try {
+    const exact = await RawClient.connect(server.port);
+    await exact.write(headOfSize(1024));
+    assertEquals((await exact.readAnswer()).status, 101);
+    // In one write: the whole head may arrive in one read, with its end inside it.
+    const over = await RawClient.connect(server.port);
+    await over.write(headOfSize(1025));
+    const answer = await over.readAnswer();
+    assertEquals(answer.status, 431, answer.body);
+    await over.expectEnd();
+    exact.close();
+    over.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxHeaderSize: a head that never ends is answered 431 once it passes the limit", async () => {
+  // A handshake timeout far away: the answer must come from the size limit.
+  const server = recordingServer({ handshakeTimeout: 60_000 });
+  try {
+    const client = await RawClient.connect(server.port);
+    await client.write(`GET / HTTP/1.1\r\nHost: x\r\nX-Long: ${"x".repeat(20 * 1024)}`);
+    const answer = await client.readAnswer();
+    assertEquals(answer.status, 431, answer.body);
+    await client.expectEnd();
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxHeaders: exactly the limit of header lines is accepted, one more is 431", async () => {
+  const server = recordingServer({ maxHeaders: 20 });
+  try {
+    // handshake() has 5 header lines of its own.
+    const extra = (count: number) => Object.fromEntries(Array.from({ length: count }, (_, i) => [`X-H${i}`, "1"]));
+    const exact = await RawClient.connect(server.port);
+    await exact.write(handshake(extra(15)));
+    assertEquals((await exact.readAnswer()).status, 101);
+    const over = await RawClient.connect(server.port);
+    await over.write(handshake(extra(16)));
+    assertEquals((await over.readAnswer()).status, 431);
+    await over.expectEnd();
+    exact.close();
+    over.close();
+  } finally {
+    await server.close();
+  }
+});
