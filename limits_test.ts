@@ -319,3 +319,35 @@ Deno.test("maxHeaders: exactly the limit of header lines is accepted, one more i
     await server.close();
   }
 });
+
+Deno.test("heartbeat: idleTimeout 0 keeps a silent peer connected while pings go on", async () => {
+  const server = recordingServer({ pingInterval: 50, idleTimeout: 0 });
+  try {
+    const client = await RawClient.open(server.port);
+    for (let i = 0; i < 5; i++) assertEquals((await client.readFrame(1000))?.opcode, Opcode.Ping, `frame ${i}`);
+    assertEquals((await server.handler(0)).state, "open");
+    await client.sendClose(1000);
+    assertEquals((await client.readUntilClose()).code, 1000);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("heartbeat: pingInterval 0 sends no pings while idleTimeout still closes with 1001", async () => {
+  const server = recordingServer({ pingInterval: 0, idleTimeout: 500, closeTimeout: 200 });
+  try {
+    const client = await RawClient.open(server.port);
+    // Busy for over two idle periods: the idle check runs, and must not ping.
+    for (let i = 0; i < 12; i++) {
+      await client.send(Opcode.Text, `busy ${i}`);
+      await sleep(100);
+    }
+    const close = await within(client.readUntilClose(), 3000, "the idle close");
+    assertEquals(close.code, 1001);
+    assertEquals(close.before.map((frame) => frame.opcode), []);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
