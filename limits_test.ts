@@ -351,3 +351,54 @@ Deno.test("heartbeat: pingInterval 0 sends no pings while idleTimeout still clos
     await server.close();
   }
 });
+
+Deno.test("maxBackpressure: the queue fills exactly to the limit; the next message meets the policy", async (t) => {
+  const frameLength = MESSAGE.length + 10; // a 64-bit length header
+  for (const backpressurePolicy of ["drop", "close"] as const) {
+    await t.step(backpressurePolicy, async () => {
+      const server = recordingServer({ maxBackpressure: 3 * frameLength, backpressurePolicy, closeTimeout: 300 });
+      try {
+        const client = await RawClient.open(server.port);
+        const handler = await server.handler(0);
+        await handler.connected.promise;
+        // Queued in one task: nothing is written before the fourth.
+        const outcomes = Array.from({ length: 4 }, () => handler.sendMessage(MESSAGE));
+        if (backpressurePolicy === "drop") {
+          assertEquals(handler.bufferedAmount, 3 * frameLength);
+        } else {
+          // The three messages and the close frame (at most 2 + 125 bytes) after them.
+          assert(handler.bufferedAmount <= 3 * frameLength + 127, `${handler.bufferedAmount} bytes queued`);
+        }
+        assertEquals(await drain(client, 3), 3);
+        assertEquals(await Promise.all(outcomes), [true, true, true, false]);
+        if (backpressurePolicy === "close") {
+          assertEquals((await client.readUntilClose()).code, 1008);
+        } else {
+          assertEquals(handler.state, "open");
+          handler.sendMessage("after");
+          assertEquals((await client.readFrame())?.message(), "after");
+        }
+        client.close();
+      } finally {
+        await server.close();
+      }
+    });
+  }
+});
+
+Deno.test("maxBackpressure: a message larger than the limit still goes out when nothing is queued", async () => {
+  const server = recordingServer({ maxBackpressure: 1000 });
+  try {
+    const client = await RawClient.open(server.port);
+    const handler = await server.handler(0);
+    await handler.connected.promise;
+    const big = new Uint8Array(4096).fill(9);
+    const written = handler.sendMessage(big);
+    assertEquals((await client.readFrame())?.payload, big);
+    assertEquals(await written, true);
+    assertEquals(handler.state, "open");
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
