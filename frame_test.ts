@@ -123,6 +123,14 @@ Deno.test("RFC 6455 5.2, 5.5: malformed headers throw FrameError with the right 
   }
 });
 
+Deno.test("RFC 6455 5.5: a control frame of exactly 125 bytes is accepted", () => {
+  for (const opcode of [Opcode.Ping, Opcode.Pong, Opcode.Close]) {
+    const payload = opcode === Opcode.Close ? encodeClosePayload(1000, "x".repeat(123)) : new Uint8Array(125).fill(7);
+    const frame = Frame.decode(encodeFrame(opcode, payload, { mask: true }), { masked: true });
+    assertEquals([frame?.opcode, frame?.payload], [opcode, payload]);
+  }
+});
+
 Deno.test("RFC 6455 5.1: masking is required of clients and forbidden to servers", () => {
   const masked = Frame.buildMessage("hi", true);
   const unmasked = Frame.buildMessage("hi", false);

@@ -257,6 +257,189 @@ Deno.test("fragments are bounded by maxPayload in total, refused before the rest
   }
 });
 
+Deno.test("maxPayload: fragments may sum to exactly the limit; one byte more is 1009", async () => {
+  // The frames fit the per-frame limit (a continuation may always carry 125 bytes), so
+  // only the sum of the fragments is over.
+  const server = recordingServer({ maxPayload: 1000, closeTimeout: 300 });
+  try {
+    const exact = await RawClient.open(server.port);
+    await exact.send(Opcode.Binary, new Uint8Array(990).fill(1), false);
+    await exact.send(Opcode.Continuation, new Uint8Array(10).fill(2));
+    const [message] = await (await server.handler(0)).received(1);
+    assertEquals((message as Uint8Array).length, 1000);
+
+    const over = await RawClient.open(server.port);
+    await over.send(Opcode.Binary, new Uint8Array(990), false);
+    await over.send(Opcode.Continuation, new Uint8Array(11));
+    assertEquals((await over.readUntilClose()).code, 1009);
+    const handler = await server.handler(1);
+    await within(handler.disconnected.promise);
+    assertEquals([handler.closeCode, handler.messages], [1009, []]);
+    exact.close();
+    over.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxFragments: the count starts again with each message", async () => {
+  const server = recordingServer({ maxFragments: 10 });
+  try {
+    const client = await RawClient.open(server.port);
+    for (const text of ["first", "second"]) {
+      for (let i = 0; i < 5; i++) await client.send(i === 0 ? Opcode.Text : Opcode.Continuation, "", false);
+      await client.send(Opcode.Continuation, text);
+    }
+    assertEquals(await (await server.handler(0)).received(2), ["first", "second"]);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+// A valid request head of exactly `size` bytes, padded with a header.
+function headOfSize(size: number): string {
+  const padding = size - handshake({ "X-Pad": "" }).length;
+  assert(padding >= 0, `a head cannot be as small as ${size} bytes`);
+  return handshake({ "X-Pad": "p".repeat(padding) });
+}
+
+Deno.test("maxHeaderSize: a head of exactly the limit is accepted, one byte more is 431", async () => {
+  const server = recordingServer({ maxHeaderSize: 1024 });
+  try {
+    const exact = await RawClient.connect(server.port);
+    await exact.write(headOfSize(1024));
+    assertEquals((await exact.readAnswer()).status, 101);
+    // In one write: the whole head may arrive in one read, with its end inside it.
+    const over = await RawClient.connect(server.port);
+    await over.write(headOfSize(1025));
+    const answer = await over.readAnswer();
+    assertEquals(answer.status, 431, answer.body);
+    await over.expectEnd();
+    exact.close();
+    over.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxHeaderSize: a head that never ends is answered 431 once it passes the limit", async () => {
+  // A handshake timeout far away: the answer must come from the size limit.
+  const server = recordingServer({ handshakeTimeout: 60_000 });
+  try {
+    const client = await RawClient.connect(server.port);
+    await client.write(`GET / HTTP/1.1\r\nHost: x\r\nX-Long: ${"x".repeat(20 * 1024)}`);
+    const answer = await client.readAnswer();
+    assertEquals(answer.status, 431, answer.body);
+    await client.expectEnd();
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxHeaders: exactly the limit of header lines is accepted, one more is 431", async () => {
+  const server = recordingServer({ maxHeaders: 20 });
+  try {
+    // handshake() has 5 header lines of its own.
+    const extra = (count: number) => Object.fromEntries(Array.from({ length: count }, (_, i) => [`X-H${i}`, "1"]));
+    const exact = await RawClient.connect(server.port);
+    await exact.write(handshake(extra(15)));
+    assertEquals((await exact.readAnswer()).status, 101);
+    const over = await RawClient.connect(server.port);
+    await over.write(handshake(extra(16)));
+    assertEquals((await over.readAnswer()).status, 431);
+    await over.expectEnd();
+    exact.close();
+    over.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("heartbeat: idleTimeout 0 keeps a silent peer connected while pings go on", async () => {
+  const server = recordingServer({ pingInterval: 50, idleTimeout: 0 });
+  try {
+    const client = await RawClient.open(server.port);
+    for (let i = 0; i < 5; i++) assertEquals((await client.readFrame(1000))?.opcode, Opcode.Ping, `frame ${i}`);
+    assertEquals((await server.handler(0)).state, "open");
+    await client.sendClose(1000);
+    assertEquals((await client.readUntilClose()).code, 1000);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("heartbeat: pingInterval 0 sends no pings while idleTimeout still closes with 1001", async () => {
+  const server = recordingServer({ pingInterval: 0, idleTimeout: 500, closeTimeout: 200 });
+  try {
+    const client = await RawClient.open(server.port);
+    // Busy for over two idle periods: the idle check runs, and must not ping.
+    for (let i = 0; i < 12; i++) {
+      await client.send(Opcode.Text, `busy ${i}`);
+      await sleep(100);
+    }
+    const close = await within(client.readUntilClose(), 3000, "the idle close");
+    assertEquals(close.code, 1001);
+    assertEquals(close.before.map((frame) => frame.opcode), []);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("maxBackpressure: the queue fills exactly to the limit; the next message meets the policy", async (t) => {
+  const frameLength = MESSAGE.length + 10; // a 64-bit length header
+  for (const backpressurePolicy of ["drop", "close"] as const) {
+    await t.step(backpressurePolicy, async () => {
+      const server = recordingServer({ maxBackpressure: 3 * frameLength, backpressurePolicy, closeTimeout: 300 });
+      try {
+        const client = await RawClient.open(server.port);
+        const handler = await server.handler(0);
+        await handler.connected.promise;
+        // Queued in one task: nothing is written before the fourth.
+        const outcomes = Array.from({ length: 4 }, () => handler.sendMessage(MESSAGE));
+        if (backpressurePolicy === "drop") {
+          assertEquals(handler.bufferedAmount, 3 * frameLength);
+        } else {
+          // The three messages and the close frame (at most 2 + 125 bytes) after them.
+          assert(handler.bufferedAmount <= 3 * frameLength + 127, `${handler.bufferedAmount} bytes queued`);
+        }
+        assertEquals(await drain(client, 3), 3);
+        assertEquals(await Promise.all(outcomes), [true, true, true, false]);
+        if (backpressurePolicy === "close") {
+          assertEquals((await client.readUntilClose()).code, 1008);
+        } else {
+          assertEquals(handler.state, "open");
+          handler.sendMessage("after");
+          assertEquals((await client.readFrame())?.message(), "after");
+        }
+        client.close();
+      } finally {
+        await server.close();
+      }
+    });
+  }
+});
+
+Deno.test("maxBackpressure: a message larger than the limit still goes out when nothing is queued", async () => {
+  const server = recordingServer({ maxBackpressure: 1000 });
+  try {
+    const client = await RawClient.open(server.port);
+    const handler = await server.handler(0);
+    await handler.connected.promise;
+    const big = new Uint8Array(4096).fill(9);
+    const written = handler.sendMessage(big);
+    assertEquals((await client.readFrame())?.payload, big);
+    assertEquals(await written, true);
+    assertEquals(handler.state, "open");
+    client.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("RFC 6455 5.5.3: a peer that pings without reading its pongs cannot grow the send queue", async () => {
   const server = recordingServer({ closeTimeout: 300 });
   try {

@@ -201,6 +201,27 @@ Deno.test("RFC 6455 4.2.2: subprotocol chosen by selectProtocol, none by default
   });
 });
 
+Deno.test("RFC 6455 4.2.2: a subprotocol that the client did not offer is refused with 500", async () => {
+  class Wrong extends Recorder {
+    override selectProtocol() {
+      return "not-offered";
+    }
+  }
+  const server = new TestServer((users) => new Wrong(users, { pingInterval: 0, idleTimeout: 0 }));
+  try {
+    const client = await RawClient.connect(server.port);
+    await client.write(handshake({ "Sec-WebSocket-Protocol": "chat" }));
+    const answer = await client.readAnswer();
+    assertEquals(answer.status, 500, answer.body);
+    assertEquals(answer.headers.get("sec-websocket-protocol"), null);
+    await client.expectEnd();
+    client.close();
+    assertEquals(server.users.size, 0);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("RFC 6455 10.2: allowedOrigins as a list and as a predicate", async () => {
   for (
     const allowedOrigins of [["https://good.example"], (origin: string | null) => origin === "https://good.example"]
@@ -256,6 +277,17 @@ Deno.test("RFC 6455 5.4: fragments are reassembled; a ping between them is answe
     const pong = await client.readFrame();
     assertEquals([pong?.opcode, pong?.message()], [Opcode.Pong, new TextEncoder().encode("are you there")]);
     assertEquals(await (await server.handler(0)).received(2), ["Hello world", new Uint8Array([1, 2, 3])]);
+    client.close();
+  }));
+
+Deno.test("RFC 6455 5.6: binary messages are not UTF-8, whole or fragmented", () =>
+  withServer(async (server) => {
+    const client = await RawClient.open(server.port);
+    await client.send(Opcode.Binary, new Uint8Array([0xff, 0xc3, 0x28]));
+    await client.send(Opcode.Binary, new Uint8Array([0xff]), false);
+    await client.send(Opcode.Continuation, new Uint8Array([0xc3, 0x28]));
+    const expected = new Uint8Array([0xff, 0xc3, 0x28]);
+    assertEquals(await (await server.handler(0)).received(2), [expected, expected]);
     client.close();
   }));
 
@@ -444,6 +476,22 @@ Deno.test("RFC 6455 7.1.2: close() from the server; queued messages first, nothi
     await server.close();
   }
 });
+
+Deno.test("RFC 6455 5.5.1: after its close frame the server sends nothing, not even a pong", () =>
+  withServer(async (server) => {
+    const client = await RawClient.open(server.port);
+    const handler = await server.handler(0);
+    await handler.connected.promise;
+    handler.close(4000, "bye");
+    const close = await client.readUntilClose();
+    assertEquals([close.code, close.before.length], [4000, 0]);
+    await client.send(Opcode.Ping, "still there?");
+    await client.sendClose(4000);
+    await client.expectEnd();
+    client.close();
+    await within(handler.disconnected.promise);
+    assertEquals(handler.closeCode, 4000);
+  }));
 
 Deno.test("RFC 6455 7.1.1: a peer that never answers our close is cut off after closeTimeout", async () => {
   const server = recordingServer({ closeTimeout: 200 });
