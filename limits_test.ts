@@ -466,3 +466,19 @@ Deno.test("RFC 6455 5.5.3: a peer that pings without reading its pongs cannot gr
     await server.close();
   }
 });
+
+Deno.test("maxPayload under 125: a whole data frame over the limit is 1009; a 125-byte ping still passes", async () => {
+  const server = recordingServer({ maxPayload: 10, closeTimeout: 300 });
+  try {
+    const client = await RawClient.open(server.port);
+    await client.send(Opcode.Ping, new Uint8Array(125));
+    assertEquals((await client.readFrame())?.opcode, Opcode.Pong);
+    await client.send(Opcode.Binary, new Uint8Array(10));
+    await client.send(Opcode.Binary, new Uint8Array(11));
+    assertEquals((await client.readUntilClose()).code, 1009);
+    assertEquals((await server.handler(0)).messages, [new Uint8Array(10)]);
+    client.close();
+  } finally {
+    await server.close();
+  }
+});

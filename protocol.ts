@@ -545,7 +545,7 @@ export class Protocol {
     let size = this.#buffer.length;
     if (this.#state === "connecting") {
       if (pending.length === size) size = Math.min(size * 2, this.#options.maxHeaderSize);
-    } else if (this.#readFilled) {
+    } else if (this.#readFilled || pending.length === size) {
       size = Math.min(size * 2, READ_BUFFER_MAX);
     }
     if (this.#start === 0 && size === this.#buffer.length) return;
@@ -563,13 +563,15 @@ export class Protocol {
       if (this.#large && !this.#receiveLarge(this.#large)) return;
       while (this.#reading) {
         const buffered = this.#buffer.subarray(this.#start, this.#end);
-        const header = decodeHeader(buffered, {
-          masked: true,
-          // A fragment may not take its message over the limit; control frames always fit.
-          maxPayload: Math.max(this.#options.maxPayload - this.#fragmentBytes, 125),
-        });
+        // A fragment may not take its message over the limit; control frames (at most
+        // 125 bytes) are not messages, and pass whatever the limit.
+        const limit = this.#options.maxPayload - this.#fragmentBytes;
+        const header = decodeHeader(buffered, { masked: true, maxPayload: Math.max(limit, 125) });
         if (header === null) break;
         const { headerLength, payloadLength } = header;
+        if (payloadLength > limit && header.opcode < Opcode.Close) {
+          throw tooBig(this.#fragmentBytes + payloadLength, this.#options.maxPayload);
+        }
         const frameLength = headerLength + payloadLength;
         if (buffered.length < frameLength) {
           if (frameLength > this.#buffer.length) this.#startLarge(header);
