@@ -122,7 +122,10 @@ export function isValidCloseCode(code: number): boolean {
  * ```
  */
 export interface DecodeOptions {
-  /** Largest payload accepted, in bytes; a larger one throws with close code 1009. */
+  /**
+   * Largest payload of a data frame accepted, in bytes; a larger one throws with close
+   * code 1009. Control frames have their own limit of 125 bytes (RFC 6455 5.5).
+   */
   maxPayload?: number;
   /**
    * Masking demanded by the role (RFC 6455 5.1): `true` when reading a client's
@@ -412,7 +415,7 @@ export function decodeHeader(buf: Uint8Array, options: DecodeOptions = {}): Fram
     headerLength = 10;
   }
   const maxPayload = options.maxPayload ?? Number.MAX_SAFE_INTEGER;
-  if (payloadLength > maxPayload) {
+  if (payloadLength > maxPayload && opcode < 0x8) {
     throw new FrameError(`Payload of ${payloadLength} bytes exceeds the limit of ${maxPayload}`, {
       closeCode: CloseCode.MessageTooBig,
       code: "WS_ERR_PAYLOAD_TOO_BIG",
@@ -623,7 +626,7 @@ export function applyMask(data: Uint8Array, maskKey: Uint8Array, offset = 0): vo
   const length = data.length;
   let index = 0;
   if (length >= 32) {
-    // Byte-wise up to a 4-byte boundary of the buffer, so that a Uint32Array view fits.
+    // Byte-wise up to a 4-byte boundary of the buffer, so that an Int32Array view fits.
     const lead = (4 - (data.byteOffset & 3)) & 3;
     for (; index < lead; index++) data[index] ^= maskKey[(offset + index) & 3];
     // The key rotated to the first word's position, as one word in the platform's byte order.

@@ -146,6 +146,15 @@ Deno.test("maxPayload: one byte over is 1009, exactly the limit is accepted", ()
   assertFrameError(() => Frame.decode(frame, { maxPayload: 999 }), 1009, "WS_ERR_PAYLOAD_TOO_BIG");
 });
 
+Deno.test("maxPayload limits data frames only: a 125-byte ping passes a limit of 10", () => {
+  assertEquals(Frame.decode(encodeFrame(Opcode.Ping, new Uint8Array(125)), { maxPayload: 10 })?.payload.length, 125);
+  assertFrameError(
+    () => Frame.decode(encodeFrame(Opcode.Continuation, new Uint8Array(11)), { maxPayload: 10 }),
+    1009,
+    "WS_ERR_PAYLOAD_TOO_BIG",
+  );
+});
+
 Deno.test("incomplete frames: decode returns null for every prefix, the constructor throws", () => {
   for (const bytes of [Frame.buildMessage("Hello", true), encodeFrame(Opcode.Binary, new Uint8Array(300))]) {
     for (let cut = 0; cut < bytes.length; cut++) {

@@ -217,7 +217,6 @@ export class Protocol {
 
   // Send queue: frames not yet written, and the promise of the batch they will go in.
   #queue: Uint8Array[] = [];
-  #spareQueue: Uint8Array[] = []; // the queue array not in use, swapped in by each flush
   #queuedBytes = 0;
   #queuedPong = -1; // index in #queue of a pong not yet written, or -1
   #flushing: Promise<void> | undefined;
@@ -228,8 +227,7 @@ export class Protocol {
    * Makes a connection handler.
    *
    * @param users The map of connected users, shared by all connections.
-   * @param options Limits and timers. Connections made with the same object share
-   *   what is read from it the first time; change options by passing a new object.
+   * @param options Limits and timers.
    */
   constructor(users: Map<string, Protocol> = new Map(), options: ProtocolOptions = {}) {
     this.users = users;
@@ -301,8 +299,9 @@ export class Protocol {
 
   /**
    * Sends a message: text for a string, binary for bytes. Frames of one connection
-   * never interleave. Bytes of 4 KiB and more are written from your buffer without a
-   * copy, as `ws` does: leave them unchanged until the returned promise settles.
+   * never interleave. Bytes of 4 KiB and more are kept by reference until written (from
+   * 64 KiB, written from your buffer without a copy, as `ws` does): leave them unchanged
+   * until the returned promise settles.
    *
    * @example
    * ```ts ignore
@@ -570,15 +569,11 @@ export class Protocol {
       if (this.#large && !this.#receiveLarge(this.#large)) return;
       while (this.#reading) {
         const buffered = this.#buffer.subarray(this.#start, this.#end);
-        // A fragment may not take its message over the limit; control frames (at most
-        // 125 bytes) are not messages, and pass whatever the limit.
-        const limit = this.#options.maxPayload - this.#fragmentBytes;
-        const header = decodeHeader(buffered, { masked: true, maxPayload: Math.max(limit, 125) });
+        // A fragment may not take its message over the limit.
+        const maxPayload = this.#options.maxPayload - this.#fragmentBytes;
+        const header = decodeHeader(buffered, { masked: true, maxPayload });
         if (header === null) break;
         const { headerLength, payloadLength } = header;
-        if (payloadLength > limit && header.opcode < Opcode.Close) {
-          throw tooBig(this.#fragmentBytes + payloadLength, this.#options.maxPayload);
-        }
         const frameLength = headerLength + payloadLength;
         if (buffered.length < frameLength) {
           if (frameLength > this.#buffer.length) this.#startLarge(header);
@@ -869,7 +864,7 @@ export class Protocol {
     while (this.#queue.length > 0 && written) {
       const batch = this.#queue;
       const batchWritten = this.#batchWritten;
-      this.#queue = this.#spareQueue;
+      this.#queue = [];
       this.#queuedPong = -1;
       this.#batchWritten = undefined;
       let bytes = 0;
@@ -889,8 +884,6 @@ export class Protocol {
       }
       this.#queuedBytes -= bytes;
       batchWritten?.resolve(written);
-      batch.length = 0;
-      this.#spareQueue = batch;
     }
     this.#batchWritten?.resolve(false);
     this.#flushing = undefined;
@@ -973,17 +966,9 @@ export class Protocol {
 
 type ResolvedOptions = Required<Omit<ProtocolOptions, "allowedOrigins">> & Pick<ProtocolOptions, "allowedOrigins">;
 
-// Connections made with the same options object share their resolved options.
-const resolved = new WeakMap<ProtocolOptions, ResolvedOptions>();
-
 function resolveOptions(options: ProtocolOptions): ResolvedOptions {
-  let result = resolved.get(options);
-  if (result === undefined) {
-    const given = Object.entries(options).filter(([, value]) => value !== undefined);
-    result = { ...DEFAULTS, ...Object.fromEntries(given) };
-    resolved.set(options, result);
-  }
-  return result;
+  const given = Object.entries(options).filter(([, value]) => value !== undefined);
+  return { ...DEFAULTS, ...Object.fromEntries(given) };
 }
 
 // A frame whose payload is read into a buffer of its own, and how much has arrived.
@@ -1042,8 +1027,8 @@ function tooBig(size: number, limit: number): ProtocolError {
 }
 
 // A data frame to queue: a small one is cut from a slab, a long text is encoded into a
-// frame of its own, and a large binary payload stays where it is and is written after
-// its header, without a copy.
+// frame of its own, and a large binary payload stays where it is, queued after its
+// header (the writer joins the two below 64 KiB, and writes larger ones as they are).
 function encodeMessage(msg: string | Uint8Array): Uint8Array | [Uint8Array, Uint8Array] {
   if (typeof msg === "string") return encodeFrame(Opcode.Text, msg, msg.length < LARGE_PAYLOAD ? pooled : undefined);
   if (msg.length < LARGE_PAYLOAD) return encodeFrame(Opcode.Binary, msg, pooled);
