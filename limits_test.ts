@@ -2,7 +2,15 @@ import { assert, assertEquals } from "@std/assert";
 import { encodeFrame, Opcode } from "./frame.ts";
 import { Protocol } from "./protocol.ts";
 import { startServer } from "./server.ts";
-import { handshake, RawClient, type Recorder, recordingServer, type TestServer, within } from "./test_util.ts";
+import {
+  handshake,
+  RawClient,
+  type Recorder,
+  recordingServer,
+  type TestServer,
+  withClient,
+  within,
+} from "./test_util.ts";
 
 const MESSAGE = new Uint8Array(64 * 1024);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -130,10 +138,8 @@ Deno.test("heartbeat: connections share a timer; those left keep their pings whe
   }
 });
 
-Deno.test("heartbeat: pings come every pingInterval, not every idleTimeout, when idleTimeout is shorter", async () => {
-  const server = recordingServer({ pingInterval: 300, idleTimeout: 100 });
-  try {
-    const client = await RawClient.open(server.port);
+Deno.test("heartbeat: pings come every pingInterval, not every idleTimeout, when idleTimeout is shorter", () =>
+  withClient(async (client, handler) => {
     // Data every 40 ms keeps the connection alive for 1 s; then a close ends the count.
     const sending = (async () => {
       for (const until = Date.now() + 1000; Date.now() < until; await sleep(40)) {
@@ -145,12 +151,8 @@ Deno.test("heartbeat: pings come every pingInterval, not every idleTimeout, when
     await sending;
     const pings = before.filter((frame) => frame.opcode === Opcode.Ping).length;
     assert(pings >= 2 && pings <= 4, `${pings} pings in 1 s at pingInterval 300 ms`);
-    assertEquals((await server.handler(0)).closeCode, 1000, "closed by the client, not for idleness");
-    client.close();
-  } finally {
-    await server.close();
-  }
-});
+    assertEquals(handler.closeCode, 1000, "closed by the client, not for idleness");
+  }, { pingInterval: 300, idleTimeout: 100 }));
 
 Deno.test("heartbeat: pingInterval 0 and idleTimeout 0 turn it off", async () => {
   const server = recordingServer({ pingInterval: 0, idleTimeout: 0 });
@@ -282,20 +284,14 @@ Deno.test("maxPayload: fragments may sum to exactly the limit; one byte more is 
   }
 });
 
-Deno.test("maxFragments: the count starts again with each message", async () => {
-  const server = recordingServer({ maxFragments: 10 });
-  try {
-    const client = await RawClient.open(server.port);
+Deno.test("maxFragments: the count starts again with each message", () =>
+  withClient(async (client, handler) => {
     for (const text of ["first", "second"]) {
       for (let i = 0; i < 5; i++) await client.send(i === 0 ? Opcode.Text : Opcode.Continuation, "", false);
       await client.send(Opcode.Continuation, text);
     }
-    assertEquals(await (await server.handler(0)).received(2), ["first", "second"]);
-    client.close();
-  } finally {
-    await server.close();
-  }
-});
+    assertEquals(await handler.received(2), ["first", "second"]);
+  }, { maxFragments: 10 }));
 
 // A valid request head of exactly `size` bytes, padded with a header.
 function headOfSize(size: number): string {
@@ -357,24 +353,16 @@ Deno.test("maxHeaders: exactly the limit of header lines is accepted, one more i
   }
 });
 
-Deno.test("heartbeat: idleTimeout 0 keeps a silent peer connected while pings go on", async () => {
-  const server = recordingServer({ pingInterval: 50, idleTimeout: 0 });
-  try {
-    const client = await RawClient.open(server.port);
+Deno.test("heartbeat: idleTimeout 0 keeps a silent peer connected while pings go on", () =>
+  withClient(async (client, handler) => {
     for (let i = 0; i < 5; i++) assertEquals((await client.readFrame(1000))?.opcode, Opcode.Ping, `frame ${i}`);
-    assertEquals((await server.handler(0)).state, "open");
+    assertEquals(handler.state, "open");
     await client.sendClose(1000);
     assertEquals((await client.readUntilClose()).code, 1000);
-    client.close();
-  } finally {
-    await server.close();
-  }
-});
+  }, { pingInterval: 50, idleTimeout: 0 }));
 
-Deno.test("heartbeat: pingInterval 0 sends no pings while idleTimeout still closes with 1001", async () => {
-  const server = recordingServer({ pingInterval: 0, idleTimeout: 500, closeTimeout: 200 });
-  try {
-    const client = await RawClient.open(server.port);
+Deno.test("heartbeat: pingInterval 0 sends no pings while idleTimeout still closes with 1001", () =>
+  withClient(async (client) => {
     // Busy for over two idle periods: the idle check runs, and must not ping.
     for (let i = 0; i < 12; i++) {
       await client.send(Opcode.Text, `busy ${i}`);
@@ -383,11 +371,7 @@ Deno.test("heartbeat: pingInterval 0 sends no pings while idleTimeout still clos
     const close = await within(client.readUntilClose(), 3000, "the idle close");
     assertEquals(close.code, 1001);
     assertEquals(close.before.map((frame) => frame.opcode), []);
-    client.close();
-  } finally {
-    await server.close();
-  }
-});
+  }, { pingInterval: 0, idleTimeout: 500, closeTimeout: 200 }));
 
 Deno.test("maxBackpressure: the queue fills exactly to the limit; the next message meets the policy", async (t) => {
   const frameLength = MESSAGE.length + 10; // a 64-bit length header
@@ -423,29 +407,17 @@ Deno.test("maxBackpressure: the queue fills exactly to the limit; the next messa
   }
 });
 
-Deno.test("maxBackpressure: a message larger than the limit still goes out when nothing is queued", async () => {
-  const server = recordingServer({ maxBackpressure: 1000 });
-  try {
-    const client = await RawClient.open(server.port);
-    const handler = await server.handler(0);
-    await handler.connected.promise;
+Deno.test("maxBackpressure: a message larger than the limit still goes out when nothing is queued", () =>
+  withClient(async (client, handler) => {
     const big = new Uint8Array(4096).fill(9);
     const written = handler.sendMessage(big);
     assertEquals((await client.readFrame())?.payload, big);
     assertEquals(await written, true);
     assertEquals(handler.state, "open");
-    client.close();
-  } finally {
-    await server.close();
-  }
-});
+  }, { maxBackpressure: 1000 }));
 
-Deno.test("RFC 6455 5.5.3: a peer that pings without reading its pongs cannot grow the send queue", async () => {
-  const server = recordingServer({ closeTimeout: 300 });
-  try {
-    const client = await RawClient.open(server.port);
-    const handler = await server.handler(0);
-    await handler.connected.promise;
+Deno.test("RFC 6455 5.5.3: a peer that pings without reading its pongs cannot grow the send queue", () =>
+  withClient(async (client, handler) => {
     // 8 MiB of pongs to answer, far more than the socket buffers take; the client reads none.
     const pings = new Uint8Array(64 * 1024 * 30);
     const ping = encodeFrame(Opcode.Ping, new Uint8Array(24), { mask: true });
@@ -461,24 +433,14 @@ Deno.test("RFC 6455 5.5.3: a peer that pings without reading its pongs cannot gr
     await client.send(Opcode.Text, "still there");
     assertEquals(await handler.received(1), ["still there"]);
     assertEquals(handler.state, "open");
-    client.close();
-  } finally {
-    await server.close();
-  }
-});
+  }, { closeTimeout: 300 }));
 
-Deno.test("maxPayload under 125: a whole data frame over the limit is 1009; a 125-byte ping still passes", async () => {
-  const server = recordingServer({ maxPayload: 10, closeTimeout: 300 });
-  try {
-    const client = await RawClient.open(server.port);
+Deno.test("maxPayload under 125: a whole data frame over the limit is 1009; a 125-byte ping still passes", () =>
+  withClient(async (client, handler) => {
     await client.send(Opcode.Ping, new Uint8Array(125));
     assertEquals((await client.readFrame())?.opcode, Opcode.Pong);
     await client.send(Opcode.Binary, new Uint8Array(10));
     await client.send(Opcode.Binary, new Uint8Array(11));
     assertEquals((await client.readUntilClose()).code, 1009);
-    assertEquals((await server.handler(0)).messages, [new Uint8Array(10)]);
-    client.close();
-  } finally {
-    await server.close();
-  }
-});
+    assertEquals(handler.messages, [new Uint8Array(10)]);
+  }, { maxPayload: 10, closeTimeout: 300 }));

@@ -12,22 +12,10 @@ import {
   recordingServer,
   TestServer,
   within,
+  withServer,
 } from "./test_util.ts";
 
 const utf8 = (text: string) => encoder.encode(text);
-
-/** Runs `body` against a recording server and always closes it. */
-async function withServer(
-  body: (server: TestServer<Recorder>) => Promise<void>,
-  options: ConstructorParameters<typeof Recorder>[1] = {},
-): Promise<void> {
-  const server = recordingServer({ handshakeTimeout: 1000, closeTimeout: 1000, ...options });
-  try {
-    await body(server);
-  } finally {
-    await server.close();
-  }
-}
 
 // ---------------------------------------------------------------- RFC 6455 4.2: opening handshake
 

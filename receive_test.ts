@@ -2,16 +2,7 @@
 // own, unmasked as they arrive), pipelined frames around them, and text decoding.
 import { assert, assertEquals } from "@std/assert";
 import { encodeFrame, Opcode } from "./frame.ts";
-import { encoder, RawClient, type Recorder, recordingServer, type TestServer } from "./test_util.ts";
-
-async function withServer(body: (server: TestServer<Recorder>) => Promise<void>): Promise<void> {
-  const server = recordingServer({ handshakeTimeout: 1000, closeTimeout: 1000 });
-  try {
-    await body(server);
-  } finally {
-    await server.close();
-  }
-}
+import { encoder, RawClient, withServer } from "./test_util.ts";
 
 const pattern = (size: number, seed = 0) => new Uint8Array(size).map((_, i) => (i * 31 + seed) & 255);
 

@@ -119,6 +119,36 @@ export function recordingServer(options: ProtocolOptions = {}): TestServer<Recor
   return new TestServer((users) => new Recorder(users, { pingInterval: 0, idleTimeout: 0, ...options }));
 }
 
+/** Runs `body` against a recording server (short handshake and close timeouts) and always closes it. */
+export async function withServer(
+  body: (server: TestServer<Recorder>) => Promise<void>,
+  options: ProtocolOptions = {},
+): Promise<void> {
+  const server = recordingServer({ handshakeTimeout: 1000, closeTimeout: 1000, ...options });
+  try {
+    await body(server);
+  } finally {
+    await server.close();
+  }
+}
+
+/** Runs `body` with one client whose connection is open, and always closes both ends. */
+export function withClient(
+  body: (client: RawClient, handler: Recorder, server: TestServer<Recorder>) => Promise<void>,
+  options: ProtocolOptions = {},
+): Promise<void> {
+  return withServer(async (server) => {
+    const client = await RawClient.open(server.port);
+    try {
+      const handler = await server.handler(0);
+      await handler.connected.promise;
+      await body(client, handler, server);
+    } finally {
+      client.close();
+    }
+  }, options);
+}
+
 export const KEY = "dGhlIHNhbXBsZSBub25jZQ==";
 export const ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
