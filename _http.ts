@@ -152,3 +152,48 @@ export function switchingProtocols(accept: string, protocol: string): Uint8Array
       `Sec-WebSocket-Accept: ${accept}\r\n` + (protocol ? `Sec-WebSocket-Protocol: ${protocol}\r\n` : "") + "\r\n",
   );
 }
+
+/** What a valid upgrade request asks for: its key and the subprotocols it offers. */
+export interface UpgradeRequest {
+  key: string;
+  offered: string[];
+}
+
+// RFC 6455 4.2.1: a request is a WebSocket opening handshake if it carries any of the
+// handshake's headers; only requests with none of them are plain HTTP.
+export function isUpgradeAttempt(headers: Headers): boolean {
+  return headers.has("upgrade") || headers.has("sec-websocket-key") || headers.has("sec-websocket-version") ||
+    hasToken(headers.get("connection"), "upgrade");
+}
+
+// RFC 6455 4.2.1 and 4.2.2: checks an opening handshake; throws ProtocolError with the
+// HTTP status to answer.
+export function checkUpgrade(
+  request: HandshakeRequest,
+  allowedOrigins?: readonly string[] | ((origin: string | null) => boolean),
+): UpgradeRequest {
+  const { headers } = request;
+  if (request.method !== "GET") throw new ProtocolError(`Method must be GET, got ${request.method}`, { status: 405 });
+  if (!headers.has("host")) throw new ProtocolError("Missing Host header");
+  if (!hasToken(headers.get("upgrade"), "websocket")) throw new ProtocolError("Upgrade header must be websocket");
+  if (!hasToken(headers.get("connection"), "upgrade")) {
+    throw new ProtocolError("Connection header must contain upgrade");
+  }
+  // 16 bytes in base64: 22 characters, the last holding 2 bits, then "==".
+  const key = headers.get("sec-websocket-key") ?? "";
+  if (!/^[A-Za-z0-9+/]{21}[AQgw]==$/.test(key)) throw new ProtocolError("Sec-WebSocket-Key must be 16 bytes in base64");
+  const version = headers.get("sec-websocket-version");
+  if (version === null) throw new ProtocolError("Missing Sec-WebSocket-Version header");
+  if (version.trim() !== "13") {
+    throw new ProtocolError(`Unsupported Sec-WebSocket-Version ${version}; this server speaks 13`, { status: 426 });
+  }
+  // RFC 6455 10.2: the server decides which origins may connect.
+  const origin = headers.get("origin");
+  const allowed = allowedOrigins === undefined ||
+    (typeof allowedOrigins === "function"
+      ? allowedOrigins(origin)
+      : origin !== null && allowedOrigins.includes(origin));
+  if (!allowed) throw new ProtocolError(`Origin ${origin} is not allowed`, { status: 403 });
+  const offered = (headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
+  return { key, offered };
+}

@@ -19,6 +19,7 @@
  */
 
 import { FrameError } from "./errors.ts";
+import { decodeUtf8 } from "./_utf8.ts";
 
 /**
  * Frame opcodes (RFC 6455 5.2). The others (3-7, 11-15) are reserved.
@@ -172,11 +173,6 @@ export interface FrameHeader {
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-// Text keeps a leading U+FEFF: a message is delivered as sent (ignoreBOM). The strict
-// decoder is about ten times slower than the lenient one in Deno, so it only rules on
-// text where the lenient one put a U+FFFD.
-const lenientDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
-const strictDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const textEncoder = new TextEncoder();
 
 /**
@@ -672,18 +668,7 @@ export function applyMask(data: Uint8Array, maskKey: Uint8Array, offset = 0): vo
  * @returns The text.
  */
 export function decodeText(bytes: Uint8Array): string {
-  try {
-    // Every invalid sequence becomes U+FFFD in lenient decoding: without one, the text is valid.
-    const text = lenientDecoder.decode(bytes);
-    if (text.includes("\uFFFD")) strictDecoder.decode(bytes);
-    return text;
-  } catch (cause) {
-    throw new FrameError("Text is not valid UTF-8", {
-      closeCode: CloseCode.InvalidPayload,
-      code: "WS_ERR_INVALID_UTF8",
-      cause,
-    });
-  }
+  return decodeUtf8(bytes);
 }
 
 /**

@@ -1,0 +1,107 @@
+// Messages from data frames (RFC 6455 5.4): the order of a message's frames, the
+// limits on its size and fragment count, and its text decoded as it arrives.
+
+import { ProtocolError } from "./errors.ts";
+import { CloseCode, Opcode } from "./frame.ts";
+import { decodeUtf8, Utf8Stream } from "./_utf8.ts";
+
+const EMPTY = new Uint8Array(0);
+
+/** Reassembles messages from the data frames of one connection. */
+export class MessageAssembler {
+  readonly #maxPayload: number;
+  readonly #maxFragments: number;
+  #opcode: number | undefined; // the message under way, or undefined between messages
+  #fin = false; // whether the frame under way is the message's last
+  #bytes = 0;
+  #count = 0;
+  #fragments = EMPTY; // a fragmented binary message so far
+  #text = new Utf8Stream();
+  #streamed = false; // whether text went through textPiece
+
+  constructor(maxPayload: number, maxFragments: number) {
+    this.#maxPayload = maxPayload;
+    this.#maxFragments = maxFragments;
+  }
+
+  /** Room the next frame's payload has within `maxPayload`. */
+  get room(): number {
+    return this.#maxPayload - this.#bytes;
+  }
+
+  /** Whether the message under way is text. */
+  get text(): boolean {
+    return this.#opcode === Opcode.Text;
+  }
+
+  /** A data frame's header has arrived: checks its place in the message and the limits. */
+  begin(opcode: number, fin: boolean, payloadLength: number): void {
+    if (opcode === Opcode.Continuation) {
+      if (this.#opcode === undefined) {
+        throw new ProtocolError("Continuation frame without a message to continue", {
+          code: "WS_ERR_UNEXPECTED_CONTINUATION",
+        });
+      }
+    } else if (this.#opcode !== undefined) {
+      // RFC 6455 5.4: a new message may not start inside a fragmented one.
+      throw new ProtocolError("New data frame inside a fragmented message", { code: "WS_ERR_EXPECTED_CONTINUATION" });
+    } else {
+      this.#opcode = opcode;
+    }
+    this.#fin = fin;
+    this.#bytes += payloadLength;
+    if (this.#bytes > this.#maxPayload) {
+      throw new ProtocolError(`Message of ${this.#bytes} bytes exceeds the limit of ${this.#maxPayload}`, {
+        closeCode: CloseCode.MessageTooBig,
+        code: "WS_ERR_PAYLOAD_TOO_BIG",
+      });
+    }
+    if (++this.#count > this.#maxFragments) {
+      throw new ProtocolError(`Message has more than ${this.#maxFragments} fragments`, {
+        closeCode: CloseCode.MessageTooBig,
+        code: "WS_ERR_TOO_MANY_FRAGMENTS",
+      });
+    }
+  }
+
+  /** Text bytes of the frame under way, as they arrive (RFC 6455 8.1: fail fast). */
+  textPiece(piece: Uint8Array): void {
+    this.#streamed = true;
+    this.#text.push(piece, false);
+  }
+
+  /**
+   * The frame under way is whole. For text, its bytes went through `textPiece`, except
+   * `rest`; for binary, `rest` is the whole payload, `owned` if it is not a view into
+   * a buffer that is reused. Returns the message once its last frame is in.
+   */
+  end(rest: Uint8Array, owned: boolean): string | Uint8Array | undefined {
+    const opcode = this.#opcode;
+    const single = this.#count === 1;
+    if (opcode === Opcode.Text) {
+      // One whole frame is decoded at once: no pieces to join.
+      if (single && this.#fin && !this.#streamed) return this.#reset(decodeUtf8(rest));
+      const text = this.#text.push(rest, this.#fin);
+      return this.#fin ? this.#reset(text) : undefined;
+    }
+    if (single && this.#fin) return this.#reset(owned ? rest : rest.slice());
+    const total = this.#bytes;
+    if (total > this.#fragments.length) {
+      const grown = new Uint8Array(Math.min(Math.max(total, this.#fragments.length * 2), this.#maxPayload));
+      grown.set(this.#fragments.subarray(0, total - rest.length));
+      this.#fragments = grown;
+    }
+    this.#fragments.set(rest, total - rest.length);
+    if (!this.#fin) return undefined;
+    const message = this.#fragments.subarray(0, total);
+    this.#fragments = EMPTY;
+    return this.#reset(message);
+  }
+
+  #reset<T>(message: T): T {
+    this.#opcode = undefined;
+    this.#bytes = this.#count = 0;
+    this.#streamed = false;
+    return message;
+  }
+}

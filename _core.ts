@@ -1,0 +1,517 @@
+// The rules of a WebSocket connection without I/O (RFC 6455), in the manner of
+// python-websockets' and wsproto's protocol objects: the shell reads into
+// `readTarget()`, reports the count with `receive()`, takes the events, and writes
+// what the outbox hands out. Every rule here is testable with bytes alone.
+
+import {
+  checkUpgrade,
+  type HandshakeRequest,
+  type HttpResponse,
+  httpResponse,
+  isUpgradeAttempt,
+  parseRequestHead,
+  switchingProtocols,
+} from "./_http.ts";
+import { MessageAssembler } from "./_assembler.ts";
+import { type DataFrame, Outbox, pooled } from "./_outbox.ts";
+import { ProtocolError, WebSocketError } from "./errors.ts";
+import {
+  applyMask,
+  CloseCode,
+  decodeClosePayload,
+  decodeHeader,
+  encodeClosePayload,
+  encodeFrame,
+  type FrameHeader,
+  Opcode,
+} from "./frame.ts";
+import type { ConnectionState, ProtocolOptions } from "./protocol.ts";
+
+/** Every option, resolved. */
+export type ResolvedOptions =
+  & Required<Omit<ProtocolOptions, "allowedOrigins">>
+  & Pick<ProtocolOptions, "allowedOrigins">;
+
+const DEFAULTS: Required<Omit<ProtocolOptions, "allowedOrigins">> = {
+  maxPayload: 16 * 1024 * 1024,
+  maxFragments: 1024 * 1024,
+  maxHeaderSize: 16 * 1024,
+  maxHeaders: 100,
+  handshakeTimeout: 10_000,
+  closeTimeout: 5_000,
+  maxBackpressure: 16 * 1024 * 1024,
+  backpressurePolicy: "close",
+  pingInterval: 30_000,
+  idleTimeout: 60_000,
+};
+
+/** Fills in the defaults of options left out (or `undefined`). */
+export function resolveOptions(options: ProtocolOptions): ResolvedOptions {
+  const given = Object.entries(options).filter(([, value]) => value !== undefined);
+  return { ...DEFAULTS, ...Object.fromEntries(given) };
+}
+
+/** What the core has to tell the shell. */
+export type CoreEvent =
+  /** An opening handshake that passed every check: answer with `accept()` or `reject()`. */
+  | { type: "upgrade"; head: string; request: HandshakeRequest; key: string; offered: string[] }
+  /** A plain HTTP request (no WebSocket headers): answer with `respond()` or `reject()`. */
+  | { type: "http"; head: string; request: HandshakeRequest }
+  | { type: "message"; data: string | Uint8Array }
+  | { type: "ping"; data: Uint8Array }
+  | { type: "pong"; data: Uint8Array }
+  /** The peer's close frame arrived. */
+  | { type: "close"; code: number; reason: string }
+  /** An error that is not a protocol violation: the connection was failed with 1011. */
+  | { type: "error"; error: unknown };
+
+// The read buffer: 1 KiB, doubled while reads fill it (up to maxHeaderSize for the
+// request head, then up to 64 KiB) and given back once they do not. Idle connections
+// hold little; a frame larger than the buffer is read straight into a buffer of its own.
+const READ_BUFFER_MIN = 1024;
+const READ_BUFFER_MAX = 64 * 1024;
+// Payload buffers are allocated at their frame's declared length once its header has
+// arrived (one allocation, no copy), as long as all connections together have at most
+// RESERVE_LIMIT bytes allocated ahead of their arrival; past it a payload buffer grows
+// with the bytes that arrive, so that declared lengths alone cannot take memory.
+const RESERVE_LIMIT = 64 * 1024 * 1024;
+let reserved = 0;
+
+/** Bytes allocated, process-wide, for payloads declared and not arrived yet (at most 64 MiB). */
+export function reservedBytes(): number {
+  return reserved;
+}
+
+const latin1 = new TextDecoder("latin1");
+const encoder = new TextEncoder();
+
+/** Which end of the connection we are: a server reads masked frames, a client unmasked ones (RFC 6455 5.1). */
+export type Role = "server" | "client";
+
+/** One connection's protocol state. */
+export class Core {
+  readonly outbox: Outbox;
+  readonly options: ResolvedOptions;
+  /** The closing handshake's code: the peer's, else the one sent, else 1006 (abnormal). */
+  closeCode: number = CloseCode.AbnormalClosure;
+  closeReason = "";
+  /** Milliseconds between heartbeat decisions: `tick()` is meant to run this often. */
+  readonly heartbeatPeriod: number;
+
+  #state: ConnectionState = "connecting";
+  #reading = true; // false once frames are no longer taken: closed, failed, or refused
+  #answering = false; // the request head is in; waiting for accept(), reject() or respond()
+  #events: CoreEvent[] = [];
+  #assembler: MessageAssembler;
+  #masked: boolean;
+  #lastSeen = 0;
+  #lastPing = -Infinity;
+
+  // Read buffer: bytes [#start, #end) are received and not yet parsed.
+  #buffer = new Uint8Array(READ_BUFFER_MIN);
+  #start = 0;
+  #end = 0;
+  #searchFrom = 0; // where to look for the end of the request head
+  #lastRead = 0;
+  #readFilled = false;
+  // The frame too large for the read buffer whose payload is read into a buffer of its own.
+  #large: LargeFrame | undefined;
+
+  constructor(options: ResolvedOptions, role: Role = "server") {
+    this.options = options;
+    this.#masked = role === "server";
+    this.outbox = new Outbox(options.maxBackpressure);
+    this.#assembler = new MessageAssembler(options.maxPayload, options.maxFragments);
+    const { pingInterval, idleTimeout } = options;
+    this.heartbeatPeriod = Math.min(pingInterval || Infinity, idleTimeout || Infinity);
+  }
+
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  /** Whether frames are still taken from the peer. */
+  get reading(): boolean {
+    return this.#reading && !this.#answering;
+  }
+
+  /** The events since the last call. */
+  takeEvents(): CoreEvent[] {
+    const events = this.#events;
+    if (events.length > 0) this.#events = [];
+    return events;
+  }
+
+  // --- Reading ---
+
+  /** Where the next bytes read go: the free end of the read buffer, or the rest of a large frame. */
+  readTarget(): Uint8Array {
+    const large = this.#large;
+    if (large) return large.payload.subarray(large.received);
+    this.#makeRoom();
+    return this.#buffer.subarray(this.#end);
+  }
+
+  /** `count` bytes were read into the last `readTarget()`, at time `now` (ms). */
+  receive(count: number, now: number): void {
+    if (this.#large) {
+      this.#large.received += count;
+    } else {
+      this.#end += count;
+      this.#lastRead = count;
+      this.#readFilled = count === this.#buffer.length - (this.#end - count);
+    }
+    this.#lastSeen = now;
+    this.#parse();
+  }
+
+  /** Bytes received, copied in: for tests and for callers with their own buffers. */
+  receiveData(data: Uint8Array, now = 0): void {
+    for (let offset = 0; offset < data.length;) {
+      const target = this.readTarget();
+      const count = Math.min(target.length, data.length - offset);
+      target.set(data.subarray(offset, offset + count));
+      offset += count;
+      this.receive(count, now);
+    }
+  }
+
+  /** The peer closed TCP (RFC 6455 7.1.5: without a close frame the code is 1006). */
+  receiveEnd(): void {
+    this.#reading = false;
+    this.#state = "closed";
+  }
+
+  // Moves unparsed bytes to the front of the read buffer, growing it first where it is
+  // full: the request head up to maxHeaderSize, frames up to READ_BUFFER_MAX while
+  // reads keep filling it.
+  #makeRoom(): void {
+    const pending = this.#buffer.subarray(this.#start, this.#end);
+    let size = this.#buffer.length;
+    if (this.#state === "connecting") {
+      if (pending.length === size) size = Math.min(size * 2, this.options.maxHeaderSize);
+    } else if (this.#readFilled || pending.length === size) {
+      size = Math.min(size * 2, READ_BUFFER_MAX);
+    }
+    if (this.#start === 0 && size === this.#buffer.length) return;
+    const buffer = size === this.#buffer.length ? this.#buffer : new Uint8Array(size);
+    buffer.set(pending);
+    this.#buffer = buffer;
+    this.#searchFrom -= this.#start;
+    this.#start = 0;
+    this.#end = pending.length;
+  }
+
+  // The one catch site: a protocol violation fails the connection with its close code
+  // (or, during the handshake, its HTTP status); anything else is a bug, 1011 or 500.
+  #parse(): void {
+    try {
+      if (this.#state === "connecting") this.#parseHead();
+      else if (this.#reading) this.#parseFrames();
+    } catch (error) {
+      this.#fail(error);
+    }
+    if (this.#start === this.#end && this.#state !== "connecting") {
+      this.#start = this.#end = 0;
+      // Give back a buffer grown for a burst (or for the request head) once reads are small.
+      if (this.#buffer.length > READ_BUFFER_MIN && this.#lastRead * 4 <= this.#buffer.length) {
+        this.#buffer = new Uint8Array(READ_BUFFER_MIN);
+      }
+    }
+  }
+
+  // --- Opening handshake (RFC 6455 4.2) ---
+
+  #parseHead(): void {
+    if (this.#answering) return;
+    const { maxHeaderSize, maxHeaders } = this.options;
+    const buffer = this.#buffer;
+    let headEnd = -1;
+    for (let i = Math.max(0, this.#searchFrom); i + 3 < this.#end; i++) {
+      if (buffer[i] === 13 && buffer[i + 1] === 10 && buffer[i + 2] === 13 && buffer[i + 3] === 10) {
+        headEnd = i;
+        break;
+      }
+    }
+    if (headEnd < 0) {
+      this.#searchFrom = Math.max(0, this.#end - 3);
+      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize);
+      return;
+    }
+    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize);
+    const head = latin1.decode(buffer.subarray(0, headEnd));
+    this.#start = headEnd + 4;
+    this.#answering = true;
+    const request = parseRequestHead(head, maxHeaders);
+    if (!isUpgradeAttempt(request.headers)) {
+      this.#events.push({ type: "http", head, request });
+      return;
+    }
+    const { key, offered } = checkUpgrade(request, this.options.allowedOrigins);
+    this.#events.push({ type: "upgrade", head, request, key, offered });
+  }
+
+  /** Completes the handshake with 101 (`accept` is the key's `Sec-WebSocket-Accept`); frames already in are parsed. */
+  accept(accept: string, protocol: string, now: number): void {
+    if (this.#state !== "connecting" || !this.#answering) throw new Error(`accept() while ${this.#state}`);
+    this.outbox.pushControl(switchingProtocols(accept, protocol));
+    this.#state = "open";
+    this.#answering = false;
+    this.#lastSeen = now;
+    this.#parse();
+  }
+
+  /** Refuses the handshake with the error's HTTP status. */
+  reject(error: WebSocketError): void {
+    if (this.#state !== "connecting") return;
+    this.outbox.pushLast(httpResponse({ status: error.status, body: error.message }));
+    this.#stop();
+  }
+
+  /** Answers a plain HTTP request. */
+  respond(response: HttpResponse): void {
+    if (this.#state !== "connecting") return;
+    this.outbox.pushLast(httpResponse(response));
+    this.#stop();
+  }
+
+  // --- Frames ---
+
+  #parseFrames(): void {
+    if (this.#large && !this.#receiveLarge(this.#large)) return;
+    const masked = this.#masked;
+    while (this.#reading) {
+      const buffered = this.#buffer.subarray(this.#start, this.#end);
+      // A fragment may not take its message over the limit.
+      const header = decodeHeader(buffered, { masked, maxPayload: this.#assembler.room });
+      if (header === null) return;
+      const { headerLength, payloadLength, opcode } = header;
+      const frameLength = headerLength + payloadLength;
+      if (buffered.length < frameLength) {
+        if (frameLength > this.#buffer.length) this.#startLarge(header);
+        return;
+      }
+      const payload = buffered.subarray(headerLength, frameLength);
+      applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
+      this.#start += frameLength;
+      if (opcode >= 0x8) {
+        this.#control(opcode, payload);
+      } else {
+        this.#assembler.begin(opcode, header.fin, payloadLength);
+        this.#deliver(this.#assembler.end(payload, false));
+      }
+    }
+  }
+
+  // Moves the buffered start of a large frame's payload into a buffer of its own.
+  #startLarge(header: FrameHeader): void {
+    this.#assembler.begin(header.opcode, header.fin, header.payloadLength);
+    const payloadStart = this.#start + header.headerLength;
+    const maskKey = this.#buffer.slice(payloadStart - 4, payloadStart);
+    const arrived = this.#buffer.subarray(payloadStart, this.#end);
+    const capacity = payloadCapacity(header.payloadLength, arrived.length, 0);
+    // A text payload is garbage once decoded: it can go in the spare buffer.
+    const text = this.#assembler.text;
+    const payload = text ? takeSpare(capacity) : new Uint8Array(capacity);
+    payload.set(arrived);
+    this.#large = { header, maskKey, text, payload, received: arrived.length, unmasked: 0, reserved: 0 };
+    this.#start = this.#end = 0;
+    this.#receiveLarge(this.#large);
+  }
+
+  // Unmasks (and for text, decodes) what the last read brought of the large frame, and
+  // handles the frame once it is whole; false while it is not.
+  #receiveLarge(large: LargeFrame): boolean {
+    const piece = large.payload.subarray(large.unmasked, large.received);
+    applyMask(piece, large.maskKey, large.unmasked);
+    large.unmasked = large.received;
+    // RFC 6455 8.1: invalid text fails as soon as it has arrived, not when the frame ends.
+    if (large.text) this.#assembler.textPiece(piece);
+    const { header } = large;
+    if (large.received === large.payload.length && large.received < header.payloadLength) {
+      const grown = new Uint8Array(payloadCapacity(header.payloadLength, large.received, large.payload.length));
+      grown.set(large.payload);
+      large.payload = grown;
+    }
+    reserve(large);
+    if (large.received < header.payloadLength) return false;
+    this.#large = undefined;
+    this.#deliver(this.#assembler.end(large.text ? EMPTY : large.payload, true));
+    if (large.text) giveSpare(large.payload);
+    return true;
+  }
+
+  #deliver(message: string | Uint8Array | undefined): void {
+    if (message !== undefined) this.#events.push({ type: "message", data: message });
+  }
+
+  #control(opcode: number, payload: Uint8Array): void {
+    if (opcode === Opcode.Close) return this.#receiveClose(payload);
+    // The payload is a view into the read buffer, which is reused.
+    const data = payload.slice();
+    if (opcode === Opcode.Ping) {
+      // RFC 6455 5.5.2: answer with a pong carrying the same data, unless closing.
+      this.outbox.pushPong(payload);
+      this.#events.push({ type: "ping", data });
+    } else {
+      // RFC 6455 5.5.3: a pong, solicited or not, only shows the peer is alive.
+      this.#events.push({ type: "pong", data });
+    }
+  }
+
+  // RFC 6455 5.5.1: answer a close with a close echoing its code, then close TCP.
+  #receiveClose(payload: Uint8Array): void {
+    const { code, reason } = decodeClosePayload(payload);
+    this.closeCode = code;
+    this.closeReason = reason;
+    if (!this.outbox.closed) {
+      const echo = code === CloseCode.NoStatusReceived ? EMPTY : payload.subarray(0, 2);
+      this.outbox.pushLast(encodeFrame(Opcode.Close, echo, pooled));
+    }
+    this.#stop();
+    this.#events.push({ type: "close", code, reason });
+  }
+
+  // RFC 6455 7.1.7: fail the connection: send a close with the error's code (during the
+  // handshake, an HTTP status), and take no more frames.
+  #fail(error: unknown): void {
+    const known = error instanceof WebSocketError;
+    if (!known) this.#events.push({ type: "error", error });
+    const failure = known ? error : new ProtocolError("Internal error", {
+      closeCode: CloseCode.InternalError,
+      status: 500,
+      code: "WS_ERR_INTERNAL",
+      cause: error,
+    });
+    if (this.#state === "connecting") return this.reject(failure);
+    if ((this.#state === "open" || this.#state === "closing") && !this.outbox.closed) {
+      this.closeCode = failure.closeCode;
+      this.closeReason = failure.message;
+      this.outbox.pushLast(encodeFrame(Opcode.Close, closePayload(failure.closeCode, failure.message), pooled));
+    }
+    this.#stop();
+  }
+
+  #stop(): void {
+    this.#reading = false;
+    this.#answering = false;
+    this.#state = "closed";
+  }
+
+  // --- Sending ---
+
+  /** Queues a data frame; the backpressure policy applies past `maxBackpressure`. False if not queued. */
+  send(frame: DataFrame): boolean {
+    if (this.#state !== "open") return false;
+    const queued = this.outbox.push(frame);
+    if (queued === "over-limit" && this.options.backpressurePolicy === "close") {
+      this.close(CloseCode.PolicyViolation, "Send queue over its limit");
+    }
+    return queued === "queued";
+  }
+
+  /** Queues a ping; false unless open. */
+  ping(data: Uint8Array): boolean {
+    if (this.#state !== "open") return false;
+    if (data.length > 125) throw new RangeError(`Ping data must be at most 125 bytes, got ${data.length}`);
+    return this.outbox.pushControl(encodeFrame(Opcode.Ping, data, pooled));
+  }
+
+  /** Starts the closing handshake (RFC 6455 7.1.2): our close frame after what is queued. */
+  close(code: number, reason: string): void {
+    const payload = encodeClosePayload(code, reason);
+    if (this.#state === "connecting") {
+      this.outbox.discard();
+      this.#stop();
+    } else if (this.#state === "open") {
+      this.#state = "closing";
+      this.closeCode = code;
+      this.closeReason = reason;
+      this.outbox.pushLast(encodeFrame(Opcode.Close, payload, pooled));
+    }
+  }
+
+  /**
+   * The heartbeat's decision at time `now`: "idle" when the peer was silent for
+   * `idleTimeout` (the shell closes with 1001), "ping" when one is due, else nothing.
+   */
+  tick(now: number): "idle" | "ping" | undefined {
+    if (this.#state !== "open") return undefined;
+    const { pingInterval, idleTimeout } = this.options;
+    if (idleTimeout > 0 && now - this.#lastSeen >= idleTimeout) return "idle";
+    if (pingInterval > 0 && now - this.#lastPing >= pingInterval - this.heartbeatPeriod / 2) {
+      this.#lastPing = now;
+      return "ping";
+    }
+    return undefined;
+  }
+
+  /** The connection is gone: gives back the room its large frame held. */
+  release(): void {
+    this.#stop();
+    if (this.#large) {
+      this.#large.payload = this.#large.payload.subarray(0, this.#large.received);
+      reserve(this.#large);
+      this.#large = undefined;
+    }
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+// A frame whose payload is read into a buffer of its own, and how much has arrived.
+interface LargeFrame {
+  header: FrameHeader;
+  maskKey: Uint8Array;
+  text: boolean;
+  /** The payload's buffer: its declared length, or less while it grows with arrivals. */
+  payload: Uint8Array;
+  received: number;
+  unmasked: number;
+  /** Bytes of RESERVE_LIMIT this frame holds: room in `payload` not filled yet. */
+  reserved: number;
+}
+
+// The size for a payload buffer of `length` bytes when `received` have arrived and the
+// buffer holds `current`: all of it if the reserve allows, else twice as much as now
+// (and always room for more).
+function payloadCapacity(length: number, received: number, current: number): number {
+  if (reserved + length - received <= RESERVE_LIMIT) return length;
+  return Math.min(length, Math.max(2 * current, received + READ_BUFFER_MAX));
+}
+
+// Updates the reserve for the room left in a large frame's buffer.
+function reserve(large: LargeFrame): void {
+  const room = large.payload.length - large.received;
+  reserved += room - large.reserved;
+  large.reserved = room;
+}
+
+// One buffer kept for the payloads of large text frames, which are garbage once
+// decoded: a fresh buffer costs a page fault every 4 KiB as it is first written.
+const SPARE_LIMIT = 4 * 1024 * 1024;
+let spare: Uint8Array | undefined;
+
+function takeSpare(size: number): Uint8Array {
+  if (spare === undefined || spare.length < size) return new Uint8Array(size);
+  const buffer = spare.subarray(0, size);
+  spare = undefined;
+  return buffer;
+}
+
+function giveSpare(buffer: Uint8Array): void {
+  const whole = new Uint8Array(buffer.buffer);
+  if (whole.length <= SPARE_LIMIT && whole.length > (spare?.length ?? 0)) spare = whole;
+}
+
+function headTooLarge(limit: number): ProtocolError {
+  return new ProtocolError(`Request head exceeds ${limit} bytes`, { status: 431, code: "WS_ERR_HEAD_TOO_LARGE" });
+}
+
+// A close payload whose reason is cut to the 123 bytes a close frame holds.
+function closePayload(code: number, reason: string): Uint8Array {
+  const bytes = encoder.encode(reason);
+  if (bytes.length <= 123) return encodeClosePayload(code, reason);
+  const cut = new TextDecoder().decode(bytes.subarray(0, 123)).replace(/\uFFFD$/, "");
+  return encodeClosePayload(code, cut);
+}
