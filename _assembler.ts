@@ -1,8 +1,11 @@
 // Messages from data frames (RFC 6455 5.4): the order of a message's frames, the
-// limits on its size and fragment count, and its text decoded as it arrives.
+// limits on its size and fragment count, and its text decoded as it arrives. A
+// compressed message (RFC 7692) is inflated as it arrives too, and its inflated size
+// counts against the same limit: inflation stops as soon as it is passed.
 
 import { ProtocolError } from "./errors.ts";
 import { CloseCode, Opcode } from "./frame.ts";
+import type { PerMessageDeflate, Sink } from "./_deflate.ts";
 import { decodeUtf8, Utf8Stream } from "./_utf8.ts";
 
 const EMPTY = new Uint8Array(0);
@@ -15,9 +18,15 @@ export class MessageAssembler {
   #fin = false; // whether the frame under way is the message's last
   #bytes = 0;
   #count = 0;
-  #fragments = EMPTY; // a fragmented binary message so far
+  #fragments = EMPTY; // a fragmented (or compressed) binary message so far
+  #filled = 0; // bytes of it in #fragments
   #text = new Utf8Stream();
-  #streamed = false; // whether text went through textPiece
+  #streamed = false; // whether text went through piece()
+  #compressed = false; // whether the message under way is compressed (RSV1 on its first frame)
+  #inflated = 0; // its bytes once inflated
+  readonly #sink: Sink = (piece) => this.#takeInflated(piece);
+  /** Inflates compressed messages once permessage-deflate is negotiated. */
+  inflater: Pick<PerMessageDeflate, "inflate" | "endMessage"> | undefined;
 
   constructor(maxPayload: number, maxFragments: number) {
     this.#maxPayload = maxPayload;
@@ -34,8 +43,16 @@ export class MessageAssembler {
     return this.#opcode === Opcode.Text;
   }
 
-  /** A data frame's header has arrived: checks its place in the message and the limits. */
-  begin(opcode: number, fin: boolean, payloadLength: number): void {
+  /** Whether the payload of the frame under way goes through `piece()`: text, or compressed. */
+  get streamed(): boolean {
+    return this.#opcode === Opcode.Text || this.#compressed;
+  }
+
+  /**
+   * A data frame's header has arrived: checks its place in the message and the limits.
+   * `compressed` is its RSV1 (decodeHeader allows it only on a message's first frame).
+   */
+  begin(opcode: number, fin: boolean, payloadLength: number, compressed = false): void {
     if (opcode === Opcode.Continuation) {
       if (this.#opcode === undefined) {
         throw new ProtocolError("Continuation frame without a message to continue", {
@@ -47,6 +64,7 @@ export class MessageAssembler {
       throw new ProtocolError("New data frame inside a fragmented message", { code: "WS_ERR_EXPECTED_CONTINUATION" });
     } else {
       this.#opcode = opcode;
+      this.#compressed = compressed;
     }
     this.#fin = fin;
     this.#bytes += payloadLength;
@@ -64,10 +82,11 @@ export class MessageAssembler {
     }
   }
 
-  /** Text bytes of the frame under way, as they arrive (RFC 6455 8.1: fail fast). */
-  textPiece(piece: Uint8Array): void {
+  /** Payload bytes of a text or compressed frame, as they arrive (RFC 6455 8.1: fail fast). */
+  piece(piece: Uint8Array): void {
     this.#streamed = true;
-    this.#text.push(piece, false);
+    if (this.#compressed) this.inflater!.inflate(piece, this.#sink);
+    else this.#text.push(piece, false);
   }
 
   /**
@@ -78,6 +97,12 @@ export class MessageAssembler {
   end(rest: Uint8Array, owned: boolean): string | Uint8Array | undefined {
     const opcode = this.#opcode;
     const single = this.#count === 1;
+    if (this.#compressed) {
+      this.piece(rest);
+      if (!this.#fin) return undefined;
+      this.inflater!.endMessage(this.#sink);
+      return this.#reset(opcode === Opcode.Text ? this.#text.push(EMPTY, true) : this.#takeFragments());
+    }
     if (opcode === Opcode.Text) {
       // One whole frame is decoded at once: no pieces to join.
       if (single && this.#fin && !this.#streamed) return this.#reset(decodeUtf8(rest));
@@ -85,23 +110,47 @@ export class MessageAssembler {
       return this.#fin ? this.#reset(text) : undefined;
     }
     if (single && this.#fin) return this.#reset(owned ? rest : rest.slice());
-    const total = this.#bytes;
-    if (total > this.#fragments.length) {
-      const grown = new Uint8Array(Math.min(Math.max(total, this.#fragments.length * 2), this.#maxPayload));
-      grown.set(this.#fragments.subarray(0, total - rest.length));
+    this.#collect(rest, this.#bytes);
+    return this.#fin ? this.#reset(this.#takeFragments()) : undefined;
+  }
+
+  // Inflated bytes: counted against maxPayload, then decoded or kept.
+  #takeInflated(piece: Uint8Array): void {
+    this.#inflated += piece.length;
+    if (this.#inflated > this.#maxPayload) {
+      throw new ProtocolError(`Message inflates to more than the limit of ${this.#maxPayload} bytes`, {
+        closeCode: CloseCode.MessageTooBig,
+        code: "WS_ERR_PAYLOAD_TOO_BIG",
+      });
+    }
+    if (this.#opcode === Opcode.Text) this.#text.push(piece, false);
+    else this.#collect(piece, 0);
+  }
+
+  // Appends to the binary message under way, in a buffer grown to `expected` bytes
+  // when known (the declared lengths so far), else doubled.
+  #collect(bytes: Uint8Array, expected: number): void {
+    const needed = this.#filled + bytes.length;
+    if (needed > this.#fragments.length) {
+      const grown = new Uint8Array(Math.min(Math.max(expected, needed, this.#fragments.length * 2), this.#maxPayload));
+      grown.set(this.#fragments.subarray(0, this.#filled));
       this.#fragments = grown;
     }
-    this.#fragments.set(rest, total - rest.length);
-    if (!this.#fin) return undefined;
-    const message = this.#fragments.subarray(0, total);
+    this.#fragments.set(bytes, this.#filled);
+    this.#filled = needed;
+  }
+
+  #takeFragments(): Uint8Array {
+    const message = this.#fragments.subarray(0, this.#filled);
     this.#fragments = EMPTY;
-    return this.#reset(message);
+    this.#filled = 0;
+    return message;
   }
 
   #reset<T>(message: T): T {
     this.#opcode = undefined;
-    this.#bytes = this.#count = 0;
-    this.#streamed = false;
+    this.#bytes = this.#count = this.#inflated = 0;
+    this.#streamed = this.#compressed = false;
     return message;
   }
 }

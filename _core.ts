@@ -13,7 +13,8 @@ import {
   switchingProtocols,
 } from "./_http.ts";
 import { MessageAssembler } from "./_assembler.ts";
-import { type DataFrame, Outbox, pooled } from "./_outbox.ts";
+import { negotiate, type PerMessageDeflate, resolveCompression, type ResolvedCompression } from "./_deflate.ts";
+import { type DataFrame, encodeMessage, Outbox, pooled } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import {
   applyMask,
@@ -29,10 +30,11 @@ import type { ConnectionState, ProtocolOptions } from "./protocol.ts";
 
 /** Every option, resolved. */
 export type ResolvedOptions =
-  & Required<Omit<ProtocolOptions, "allowedOrigins">>
-  & Pick<ProtocolOptions, "allowedOrigins">;
+  & Required<Omit<ProtocolOptions, "allowedOrigins" | "compression">>
+  & Pick<ProtocolOptions, "allowedOrigins">
+  & { compression: ResolvedCompression | undefined };
 
-const DEFAULTS: Required<Omit<ProtocolOptions, "allowedOrigins">> = {
+const DEFAULTS: Required<Omit<ProtocolOptions, "allowedOrigins" | "compression">> = {
   maxPayload: 16 * 1024 * 1024,
   maxFragments: 1024 * 1024,
   maxHeaderSize: 16 * 1024,
@@ -48,7 +50,7 @@ const DEFAULTS: Required<Omit<ProtocolOptions, "allowedOrigins">> = {
 /** Fills in the defaults of options left out (or `undefined`). */
 export function resolveOptions(options: ProtocolOptions): ResolvedOptions {
   const given = Object.entries(options).filter(([, value]) => value !== undefined);
-  return { ...DEFAULTS, ...Object.fromEntries(given) };
+  return { ...DEFAULTS, ...Object.fromEntries(given), compression: resolveCompression(options.compression) };
 }
 
 /** What the core has to tell the shell. */
@@ -106,6 +108,9 @@ export class Core {
   #masked: boolean;
   #lastSeen = 0;
   #lastPing = -Infinity;
+  // RFC 7692: the client's Sec-WebSocket-Extensions until accept(), then the extension in force.
+  #extensionOffer: string | null = null;
+  #deflate: PerMessageDeflate | undefined;
 
   // Read buffer: bytes [#start, #end) are received and not yet parsed.
   #buffer = new Uint8Array(READ_BUFFER_MIN);
@@ -248,13 +253,17 @@ export class Core {
       return;
     }
     const { key, offered } = checkUpgrade(request, this.options.allowedOrigins);
+    this.#extensionOffer = request.headers.get("sec-websocket-extensions");
     this.#events.push({ type: "upgrade", head, request, key, offered });
   }
 
   /** Completes the handshake with 101 (`accept` is the key's `Sec-WebSocket-Accept`); frames already in are parsed. */
   accept(accept: string, protocol: string, now: number): void {
     if (this.#state !== "connecting" || !this.#answering) throw new Error(`accept() while ${this.#state}`);
-    this.outbox.pushControl(switchingProtocols(accept, protocol));
+    this.#deflate = negotiate(this.#extensionOffer, this.options.compression);
+    this.#extensionOffer = null;
+    this.#assembler.inflater = this.#deflate;
+    this.outbox.pushControl(switchingProtocols(accept, protocol, this.#deflate?.response));
     this.#state = "open";
     this.#answering = false;
     this.#lastSeen = now;
@@ -283,7 +292,11 @@ export class Core {
     while (this.#reading) {
       const buffered = this.#buffer.subarray(this.#start, this.#end);
       // A fragment may not take its message over the limit.
-      const header = decodeHeader(buffered, { masked, maxPayload: this.#assembler.room });
+      const header = decodeHeader(buffered, {
+        masked,
+        maxPayload: this.#assembler.room,
+        rsv1: this.#deflate !== undefined,
+      });
       if (header === null) return;
       const { headerLength, payloadLength, opcode } = header;
       const frameLength = headerLength + payloadLength;
@@ -297,7 +310,7 @@ export class Core {
       if (opcode >= 0x8) {
         this.#control(opcode, payload);
       } else {
-        this.#assembler.begin(opcode, header.fin, payloadLength);
+        this.#assembler.begin(opcode, header.fin, payloadLength, header.rsv1);
         this.#deliver(this.#assembler.end(payload, false));
       }
     }
@@ -305,16 +318,16 @@ export class Core {
 
   // Moves the buffered start of a large frame's payload into a buffer of its own.
   #startLarge(header: FrameHeader): void {
-    this.#assembler.begin(header.opcode, header.fin, header.payloadLength);
+    this.#assembler.begin(header.opcode, header.fin, header.payloadLength, header.rsv1);
     const payloadStart = this.#start + header.headerLength;
     const maskKey = this.#buffer.slice(payloadStart - 4, payloadStart);
     const arrived = this.#buffer.subarray(payloadStart, this.#end);
     const capacity = payloadCapacity(header.payloadLength, arrived.length, 0);
-    // A text payload is garbage once decoded: it can go in the spare buffer.
-    const text = this.#assembler.text;
-    const payload = text ? takeSpare(capacity) : new Uint8Array(capacity);
+    // A text or compressed payload is garbage once decoded: it can go in the spare buffer.
+    const streamed = this.#assembler.streamed;
+    const payload = streamed ? takeSpare(capacity) : new Uint8Array(capacity);
     payload.set(arrived);
-    this.#large = { header, maskKey, text, payload, received: arrived.length, unmasked: 0, reserved: 0 };
+    this.#large = { header, maskKey, streamed, payload, received: arrived.length, unmasked: 0, reserved: 0 };
     this.#start = this.#end = 0;
     this.#receiveLarge(this.#large);
   }
@@ -326,7 +339,7 @@ export class Core {
     applyMask(piece, large.maskKey, large.unmasked);
     large.unmasked = large.received;
     // RFC 6455 8.1: invalid text fails as soon as it has arrived, not when the frame ends.
-    if (large.text) this.#assembler.textPiece(piece);
+    if (large.streamed) this.#assembler.piece(piece);
     const { header } = large;
     if (large.received === large.payload.length && large.received < header.payloadLength) {
       const grown = new Uint8Array(payloadCapacity(header.payloadLength, large.received, large.payload.length));
@@ -336,8 +349,8 @@ export class Core {
     reserve(large);
     if (large.received < header.payloadLength) return false;
     this.#large = undefined;
-    this.#deliver(this.#assembler.end(large.text ? EMPTY : large.payload, true));
-    if (large.text) giveSpare(large.payload);
+    this.#deliver(this.#assembler.end(large.streamed ? EMPTY : large.payload, true));
+    if (large.streamed) giveSpare(large.payload);
     return true;
   }
 
@@ -400,6 +413,19 @@ export class Core {
 
   // --- Sending ---
 
+  /** The data frame for a message: compressed if permessage-deflate is in force and the message is long enough. */
+  encode(msg: string | Uint8Array): DataFrame {
+    return this.#deflate === undefined ? encodeMessage(msg) : this.#deflate.encode(msg);
+  }
+
+  /**
+   * Connections with equal keys encode `msg` to the same bytes (see `encode`);
+   * `undefined` when this one's compressor keeps a window (RFC 7692 7.1.1).
+   */
+  shareKey(msg: string | Uint8Array): string | undefined {
+    return this.#deflate === undefined ? "" : this.#deflate.shareKey(msg);
+  }
+
   /** Queues a data frame; the backpressure policy applies past `maxBackpressure`. False if not queued. */
   send(frame: DataFrame): boolean {
     if (this.#state !== "open") return false;
@@ -449,6 +475,7 @@ export class Core {
   /** The connection is gone: gives back the room its large frame held. */
   release(): void {
     this.#stop();
+    this.#deflate?.close();
     if (this.#large) {
       this.#large.payload = this.#large.payload.subarray(0, this.#large.received);
       reserve(this.#large);
@@ -463,7 +490,8 @@ const EMPTY = new Uint8Array(0);
 interface LargeFrame {
   header: FrameHeader;
   maskKey: Uint8Array;
-  text: boolean;
+  /** Whether the payload goes to the assembler as it arrives (text, or compressed). */
+  streamed: boolean;
   /** The payload's buffer: its declared length, or less while it grows with arrivals. */
   payload: Uint8Array;
   received: number;

@@ -144,12 +144,13 @@ export function httpResponse(response: HttpResponse): Uint8Array {
   return bytes;
 }
 
-// The 101 answer that completes the handshake (RFC 6455 4.2.2). RFC 6455 9.1: no
-// extension is implemented, so none is accepted: Sec-WebSocket-Extensions is left out.
-export function switchingProtocols(accept: string, protocol: string): Uint8Array {
+// The 101 answer that completes the handshake (RFC 6455 4.2.2), with the accepted
+// extension (RFC 6455 9.1; only permessage-deflate is implemented), or none.
+export function switchingProtocols(accept: string, protocol: string, extensions = ""): Uint8Array {
   return encoder.encode(
     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-      `Sec-WebSocket-Accept: ${accept}\r\n` + (protocol ? `Sec-WebSocket-Protocol: ${protocol}\r\n` : "") + "\r\n",
+      `Sec-WebSocket-Accept: ${accept}\r\n` + (protocol ? `Sec-WebSocket-Protocol: ${protocol}\r\n` : "") +
+      (extensions ? `Sec-WebSocket-Extensions: ${extensions}\r\n` : "") + "\r\n",
   );
 }
 

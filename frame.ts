@@ -139,6 +139,13 @@ export interface DecodeOptions {
    * `buf` is modified and the payload lives only as long as `buf` does.
    */
   copy?: boolean;
+  /**
+   * Whether RSV1 may be set (default `false`): `true` once permessage-deflate is
+   * negotiated (RFC 7692 6), and then only on the first frame of a data message;
+   * RSV1 on a control or continuation frame, and RSV2 or RSV3 on any, still throw.
+   * A frame with RSV1 holds compressed data: `message()` does not inflate it.
+   */
+  rsv1?: boolean;
 }
 
 /**
@@ -362,11 +369,19 @@ export function decodeHeader(buf: Uint8Array, options: DecodeOptions = {}): Fram
   const masked = (second & 0x80) !== 0;
   let payloadLength = second & 0x7f;
 
-  // RFC 6455 5.2: RSV bits must be 0 unless an extension defines them; none is negotiated.
+  // RFC 6455 5.2: RSV bits must be 0 unless a negotiated extension defines them. RFC 7692 6:
+  // permessage-deflate defines RSV1, on the first frame of a data message only.
   if ((first & 0x70) !== 0) {
-    throw new FrameError(`Reserved bits must be 0, got 0x${(first & 0x70).toString(16)}`, {
-      code: "WS_ERR_UNEXPECTED_RSV",
-    });
+    if (options.rsv1 !== true || (first & 0x70) !== 0x40) {
+      throw new FrameError(`Reserved bits must be 0, got 0x${(first & 0x70).toString(16)}`, {
+        code: "WS_ERR_UNEXPECTED_RSV",
+      });
+    }
+    if (opcode === Opcode.Continuation || opcode >= 0x8) {
+      throw new FrameError(`RSV1 must be 0 on a ${opcode === Opcode.Continuation ? "continuation" : "control"} frame`, {
+        code: "WS_ERR_UNEXPECTED_RSV",
+      });
+    }
   }
   if (opcode >= 0x8) {
     if (opcode > Opcode.Pong) throw reservedOpcode(opcode);

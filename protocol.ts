@@ -21,11 +21,12 @@
 
 import { computeAcceptKey, type HandshakeRequest, type HttpResponse, parseRequestHead } from "./_http.ts";
 import { Core, resolveOptions } from "./_core.ts";
-import { encodeMessage } from "./_outbox.ts";
+import type { CompressionMode, CompressionOptions } from "./_deflate.ts";
+import type { DataFrame } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import { CloseCode } from "./frame.ts";
 
-export { computeAcceptKey, type HandshakeRequest, type HttpResponse };
+export { type CompressionMode, type CompressionOptions, computeAcceptKey, type HandshakeRequest, type HttpResponse };
 
 /**
  * Limits and timers of a connection; every one has a safe default.
@@ -65,6 +66,13 @@ export interface ProtocolOptions {
   idleTimeout?: number;
   /** Origins allowed to connect (exact `Origin` values, or a predicate); others get 403. Default: all. */
   allowedOrigins?: readonly string[] | ((origin: string | null) => boolean);
+  /**
+   * permessage-deflate (RFC 7692), accepted when the client offers it: `false` (the
+   * default) declines it, `true` accepts it with the defaults of
+   * {@linkcode CompressionOptions} (no context takeover, messages from 256 bytes,
+   * level 6). Compressed messages count against `maxPayload` once inflated.
+   */
+  compression?: boolean | CompressionOptions;
 }
 
 /**
@@ -233,7 +241,7 @@ export class Protocol {
    */
   sendMessage(msg: string | Uint8Array): Promise<boolean> {
     if (this.#core.state !== "open") return Promise.resolve(false);
-    const queued = this.#core.send(encodeMessage(msg));
+    const queued = this.#core.send(this.#core.encode(msg));
     const written = queued ? this.#waiter() : Promise.resolve(false);
     this.#sync();
     return written;
@@ -269,7 +277,10 @@ export class Protocol {
 
   /**
    * Sends one message to many connections, encoding its frame once: every recipient
-   * queues the very same bytes. Recipients that are not open are skipped.
+   * queues the very same bytes. With compression, once for each distinct set of
+   * negotiated parameters, as long as the server keeps no window (no context
+   * takeover); with a window, each recipient compresses its own copy. Recipients that
+   * are not open are skipped.
    *
    * @example
    * ```ts ignore
@@ -281,11 +292,18 @@ export class Protocol {
    * @returns How many recipients queued the message.
    */
   static broadcast(recipients: Iterable<Protocol>, msg: string | Uint8Array): number {
-    const frame = encodeMessage(msg);
+    const frames = new Map<string, DataFrame>();
     let count = 0;
     for (const recipient of recipients) {
-      if (recipient.#core.state !== "open") continue;
-      if (recipient.#core.send(frame)) count++;
+      const core = recipient.#core;
+      if (core.state !== "open") continue;
+      const key = core.shareKey(msg);
+      let frame = key === undefined ? undefined : frames.get(key);
+      if (frame === undefined) {
+        frame = core.encode(msg);
+        if (key !== undefined) frames.set(key, frame);
+      }
+      if (core.send(frame)) count++;
       recipient.#sync();
     }
     return count;

@@ -179,6 +179,8 @@ export interface HttpAnswer {
 /** A raw client: writes bytes, reads the HTTP answer and server frames. */
 export class RawClient {
   readonly conn: Deno.TcpConn;
+  /** Whether server frames may have RSV1 (permessage-deflate negotiated); their payloads stay compressed. */
+  rsv1 = false;
   #buffer = new Uint8Array(0);
   #eof = false;
 
@@ -255,7 +257,7 @@ export class RawClient {
   async readFrame(ms = TIMEOUT): Promise<Frame | null> {
     const deadline = Date.now() + ms;
     while (true) {
-      const frame = Frame.decode(this.#buffer, { masked: false });
+      const frame = Frame.decode(this.#buffer, { masked: false, rsv1: this.rsv1 });
       if (frame) {
         this.#buffer = this.#buffer.slice(frame.length());
         return frame;
