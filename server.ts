@@ -26,7 +26,9 @@ import { type HandshakeRequest, type HttpResponse, Protocol, type ProtocolOption
 
 /**
  * Options of {@linkcode startServer}: where to listen, logging, and every
- * {@linkcode ProtocolOptions} limit.
+ * {@linkcode ProtocolOptions} limit. Unlike a bare `Protocol`, the server accepts
+ * permessage-deflate unless `compression` is `false`: browsers offer it, and without
+ * context takeover it costs an idle connection nothing.
  *
  * @example
  * ```ts
@@ -55,6 +57,8 @@ export interface ServerOptions extends ProtocolOptions {
   page?: boolean;
   /** Most connections at once, handshakes included (default unlimited); past it: 503. */
   maxConnections?: number;
+  /** permessage-deflate, as in {@linkcode ProtocolOptions} but on by default (no context takeover). */
+  compression?: ProtocolOptions["compression"];
 }
 
 /**
@@ -166,6 +170,7 @@ class FullHandler extends Protocol {
  * @returns The running server.
  */
 export function startServer(options: ServerOptions = {}): BroadcastServer {
+  options = { ...options, compression: options.compression ?? true };
   const listenOptions = { port: options.port ?? 9999, hostname: options.hostname ?? "0.0.0.0" };
   const listener = options.cert !== undefined && options.key !== undefined
     ? Deno.listenTls({ ...listenOptions, cert: options.cert, key: options.key })
@@ -221,6 +226,7 @@ Options:
   --quiet              log nothing
   --verbose            log every message
   --no-page            answer plain HTTP requests with 400, not the chat page
+  --no-compression     decline permessage-deflate (default: accepted, no context takeover)
   --help               show this help`;
 
 /**
@@ -241,9 +247,9 @@ export function parseServerArgs(args: string[]): ServerOptions | undefined {
   const flags = parseArgs(args, {
     string: ["hostname", "max-payload", "max-connections", "cert", "key", "origin"],
     collect: ["origin"],
-    boolean: ["quiet", "verbose", "help", "page"],
-    negatable: ["page"],
-    default: { page: true },
+    boolean: ["quiet", "verbose", "help", "page", "compression"],
+    negatable: ["page", "compression"],
+    default: { page: true, compression: true },
     unknown: (arg: string) => {
       if (arg.startsWith("-")) throw new Error(`Unknown option ${arg}`);
       return true;
@@ -261,6 +267,7 @@ export function parseServerArgs(args: string[]): ServerOptions | undefined {
     options.maxConnections = parseInteger(flags["max-connections"], "--max-connections", 1, Number.MAX_SAFE_INTEGER);
   }
   if (flags.origin.length > 0) options.allowedOrigins = flags.origin as string[];
+  if (!flags.compression) options.compression = false;
   if ((flags.cert === undefined) !== (flags.key === undefined)) throw new Error("--cert and --key go together");
   if (flags.cert !== undefined && flags.key !== undefined) {
     options.cert = readPem(flags.cert, "--cert");
