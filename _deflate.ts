@@ -413,8 +413,11 @@ function compressedFrame(opcode: Opcode, payload: Uint8Array): DataFrame {
 
 // ---------------------------------------------------------------- one connection
 
-/** Messages compressed so far, process-wide: how tests and benchmarks see a broadcast compressed once. */
-export const deflateStats = { compressed: 0 };
+/**
+ * Messages compressed and inflated so far, process-wide: how tests and benchmarks see
+ * that a broadcast was compressed once, or that a client's messages came compressed.
+ */
+export const deflateStats = { compressed: 0, inflated: 0 };
 
 /** permessage-deflate on one connection: its parameters, its compressor and its decompressor. */
 export class PerMessageDeflate {
@@ -481,6 +484,7 @@ export class PerMessageDeflate {
    * 7692 7.2.3.4), after which the next message starts a new one.
    */
   endMessage(sink: Sink): void {
+    deflateStats.inflated++;
     const inflater = this.#inflater;
     if (inflater === undefined) return; // an empty payload inflates to nothing
     inflater.inflate(TAIL, sink);

@@ -1,0 +1,63 @@
+"""A compressing WebSocket peer driven by JSON lines, for permessage-deflate interop tests.
+
+Usage: python3 python_deflate_peer.py URL OFFER
+OFFER is "default" (websockets' own offer: permessage-deflate; client_max_window_bits)
+or "no-context" (also server_no_context_takeover and client_no_context_takeover).
+Reads commands on stdin ({"op": "send", "text": ...}, {"op": "sendBinary", "b64": ...},
+{"op": "sendFragments", "parts": [...]}, {"op": "close"}) and prints events on stdout
+({"ev": "open", "extensions": ...}, {"ev": "text", "data": ...}, {"ev": "binary", "b64": ...},
+{"ev": "close", "code": C}).
+"""
+import asyncio
+import base64
+import json
+import sys
+
+import websockets
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+
+def emit(event):
+    print(json.dumps(event), flush=True)
+
+
+async def main(url, offer):
+    no_context = offer == "no-context"
+    factory = ClientPerMessageDeflateFactory(
+        server_no_context_takeover=no_context,
+        client_no_context_takeover=no_context,
+    )
+    async with websockets.connect(url, max_size=None, compression=None, extensions=[factory]) as ws:
+        emit({"ev": "open", "extensions": ws.response_headers.get("Sec-WebSocket-Extensions")})
+
+        async def receive():
+            try:
+                async for message in ws:
+                    if isinstance(message, str):
+                        emit({"ev": "text", "data": message})
+                    else:
+                        emit({"ev": "binary", "b64": base64.b64encode(message).decode()})
+            except websockets.ConnectionClosed:
+                pass
+            emit({"ev": "close", "code": ws.close_code})
+
+        receiver = asyncio.ensure_future(receive())
+        loop = asyncio.get_running_loop()
+        while not receiver.done():
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            command = json.loads(line)
+            if command["op"] == "send":
+                await ws.send(command["text"])
+            elif command["op"] == "sendBinary":
+                await ws.send(base64.b64decode(command["b64"]))
+            elif command["op"] == "sendFragments":
+                await ws.send(command["parts"])  # one message, a frame for each part
+            elif command["op"] == "close":
+                await ws.close()
+                break
+        await asyncio.wait_for(receiver, 10)
+
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
