@@ -18,8 +18,8 @@ export class MessageAssembler {
   #fin = false; // whether the frame under way is the message's last
   #bytes = 0;
   #count = 0;
-  #fragments = EMPTY; // a fragmented (or compressed) binary message so far
-  #filled = 0; // bytes of it in #fragments
+  #fragments = EMPTY; // a fragmented binary message so far
+  #inflatedPieces: Uint8Array[] = []; // a compressed binary message so far, inflated
   #text = new Utf8Stream();
   #streamed = false; // whether text went through piece()
   #compressed = false; // whether the message under way is compressed (RSV1 on its first frame)
@@ -101,7 +101,7 @@ export class MessageAssembler {
       this.piece(rest);
       if (!this.#fin) return undefined;
       this.inflater!.endMessage(this.#sink);
-      return this.#reset(opcode === Opcode.Text ? this.#text.push(EMPTY, true) : this.#takeFragments());
+      return this.#reset(opcode === Opcode.Text ? this.#text.push(EMPTY, true) : this.#takeInflatedPieces());
     }
     if (opcode === Opcode.Text) {
       // One whole frame is decoded at once: no pieces to join.
@@ -110,8 +110,17 @@ export class MessageAssembler {
       return this.#fin ? this.#reset(text) : undefined;
     }
     if (single && this.#fin) return this.#reset(owned ? rest : rest.slice());
-    this.#collect(rest, this.#bytes);
-    return this.#fin ? this.#reset(this.#takeFragments()) : undefined;
+    const total = this.#bytes;
+    if (total > this.#fragments.length) {
+      const grown = new Uint8Array(Math.min(Math.max(total, this.#fragments.length * 2), this.#maxPayload));
+      grown.set(this.#fragments.subarray(0, total - rest.length));
+      this.#fragments = grown;
+    }
+    this.#fragments.set(rest, total - rest.length);
+    if (!this.#fin) return undefined;
+    const message = this.#fragments.subarray(0, total);
+    this.#fragments = EMPTY;
+    return this.#reset(message);
   }
 
   // Inflated bytes: counted against maxPayload, then decoded or kept.
@@ -123,27 +132,22 @@ export class MessageAssembler {
         code: "WS_ERR_PAYLOAD_TOO_BIG",
       });
     }
+    // Binary pieces are kept as they come and joined at the end: a buffer grown by
+    // doubling would hold up to twice the limit when a bomb reaches it.
     if (this.#opcode === Opcode.Text) this.#text.push(piece, false);
-    else this.#collect(piece, 0);
+    else this.#inflatedPieces.push(piece.slice());
   }
 
-  // Appends to the binary message under way, in a buffer grown to `expected` bytes
-  // when known (the declared lengths so far), else doubled.
-  #collect(bytes: Uint8Array, expected: number): void {
-    const needed = this.#filled + bytes.length;
-    if (needed > this.#fragments.length) {
-      const grown = new Uint8Array(Math.min(Math.max(expected, needed, this.#fragments.length * 2), this.#maxPayload));
-      grown.set(this.#fragments.subarray(0, this.#filled));
-      this.#fragments = grown;
+  #takeInflatedPieces(): Uint8Array {
+    const pieces = this.#inflatedPieces;
+    this.#inflatedPieces = [];
+    if (pieces.length === 1) return pieces[0];
+    const message = new Uint8Array(this.#inflated);
+    let offset = 0;
+    for (const piece of pieces) {
+      message.set(piece, offset);
+      offset += piece.length;
     }
-    this.#fragments.set(bytes, this.#filled);
-    this.#filled = needed;
-  }
-
-  #takeFragments(): Uint8Array {
-    const message = this.#fragments.subarray(0, this.#filled);
-    this.#fragments = EMPTY;
-    this.#filled = 0;
     return message;
   }
 
@@ -151,6 +155,7 @@ export class MessageAssembler {
     this.#opcode = undefined;
     this.#bytes = this.#count = this.#inflated = 0;
     this.#streamed = this.#compressed = false;
+    this.#inflatedPieces = [];
     return message;
   }
 }
