@@ -290,6 +290,9 @@ export class ZlibStream {
    * forgets the window, Z_SYNC_FLUSH keeps it. The result is valid until the next call.
    */
   deflate(input: Uint8Array, flush: number): Uint8Array {
+    // An empty message is an empty stored block whose last 4 bytes are left off, as in
+    // RFC 7692 7.2.3.6: zlib itself emits nothing for a flush right after another.
+    if (input.length === 0) return new Uint8Array(1);
     const bound = input.length + (input.length >> 8) + 64; // grown below if zlib needs more
     let output = input.length <= DEFLATE_SCRATCH_INPUT ? deflateOutput : new Uint8Array(bound);
     let written = 0;
@@ -431,6 +434,8 @@ export class PerMessageDeflate {
   #deflater: ZlibStream | undefined;
   // This connection's inflater: its own (client context takeover), or borrowed for a message.
   #inflater: ZlibStream | undefined;
+  // Whether the message under way has had compressed bytes.
+  #inflating = false;
 
   constructor(params: DeflateParams, options: ResolvedCompression) {
     this.params = params;
@@ -474,6 +479,7 @@ export class PerMessageDeflate {
     this.#inflater ??= this.params.clientNoContextTakeover
       ? idleInflaters.pop() ?? new ZlibStream("inflate")
       : new ZlibStream("inflate");
+    this.#inflating = true;
     this.#inflater.inflate(piece, sink);
   }
 
@@ -486,7 +492,11 @@ export class PerMessageDeflate {
   endMessage(sink: Sink): void {
     deflateStats.inflated++;
     const inflater = this.#inflater;
-    if (inflater === undefined) return; // an empty payload inflates to nothing
+    // An empty payload is an empty message that left the sender's stream as it was (zlib
+    // emits nothing for a flush right after another): 00 00 ff ff alone would start a
+    // stored block of 65,280 bytes.
+    if (inflater === undefined || !this.#inflating) return;
+    this.#inflating = false;
     inflater.inflate(TAIL, sink);
     if (this.params.clientNoContextTakeover) {
       this.#inflater = undefined;

@@ -25,8 +25,11 @@ interface DeflatePeer {
   close(): Promise<void>;
 }
 
-/** "default": the client's own offer; "no-context": it asks for no context takeover both ways. */
-type Offer = "default" | "no-context";
+/**
+ * "default": the client's own offer; "no-context": it asks for no context takeover both
+ * ways; "window-10": it asks the server for a 1 KiB window, which its inflater then has.
+ */
+type Offer = "default" | "no-context" | "window-10";
 
 class Inbox {
   #messages: Message[] = [];
@@ -156,6 +159,8 @@ const CASES: [CompressionMode, Offer, string][] = [
   ["no-context-takeover", "default", SHARED],
   ["context-takeover", "default", "permessage-deflate"],
   ["context-takeover", "no-context", SHARED],
+  ["no-context-takeover", "window-10", `${SHARED}; server_max_window_bits=10`],
+  ["context-takeover", "window-10", "permessage-deflate; server_max_window_bits=10"],
 ];
 
 // ---------------------------------------------------------------- npm ws
@@ -164,6 +169,8 @@ async function wsPeer(url: string, offer: Offer): Promise<DeflatePeer> {
   const inbox = new Inbox();
   const perMessageDeflate = offer === "no-context"
     ? { threshold: 0, serverNoContextTakeover: true, clientNoContextTakeover: true }
+    : offer === "window-10"
+    ? { threshold: 0, serverMaxWindowBits: 10 }
     : { threshold: 0 };
   const socket = new WsClient(url, { perMessageDeflate });
   let extensions: string | null = null;

@@ -3,11 +3,20 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "@std/assert";
 import { constants, deflateRawSync, inflateRawSync } from "node:zlib";
 import { Core, resolveOptions } from "./_core.ts";
-import { deflateResponse, deflateStats, deflateSupported, negotiateDeflate, parseExtensions } from "./_deflate.ts";
+import {
+  deflateResponse,
+  deflateStats,
+  deflateSupported,
+  negotiateDeflate,
+  parseExtensions,
+  ZlibStream,
+} from "./_deflate.ts";
 import type { DataFrame } from "./_outbox.ts";
 import { FrameError } from "./errors.ts";
 import { CloseCode, decodeClosePayload, decodeHeader, encodeFrame, Frame, Opcode } from "./frame.ts";
+import fc from "fast-check";
 import { Protocol, type ProtocolOptions } from "./protocol.ts";
+import { parseServerArgs, startServer } from "./server.ts";
 import { ACCEPT, encoder, handshake, RawClient, Recorder, TestServer, within } from "./test_util.ts";
 
 const hex = (text: string) => new Uint8Array(text.trim().split(/\s+/).map((byte) => parseInt(byte, 16)));
@@ -261,6 +270,26 @@ Deno.test("RFC 7692 7.2.3.3-7.2.3.6: a stored block, BFINAL, two blocks, an empt
   core.receiveData(clientFrame(Opcode.Continuation, hex("00"), { rsv1: false }));
   assertEquals(messages(core), ["Hello", "Hello", "Hello", "Hello", "Hello"]);
   assertEquals(core.state, "open");
+});
+
+Deno.test("empty compressed messages: an empty payload, or an empty stored block (7.2.3.6), between others", () => {
+  for (const mode of ["no-context-takeover", "context-takeover"] as const) {
+    const { core } = open("permessage-deflate", { mode });
+    core.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00")));
+    core.receiveData(clientFrame(Opcode.Binary, new Uint8Array(0)));
+    core.receiveData(clientFrame(Opcode.Text, hex("00")));
+    core.receiveData(clientFrame(Opcode.Text, new Uint8Array(0)));
+    // The window is still the first message's.
+    if (mode === "context-takeover") core.receiveData(clientFrame(Opcode.Text, hex("f2 00 11 00 00")));
+    assertEquals(messages(core), [
+      "Hello",
+      new Uint8Array(0),
+      "",
+      "",
+      ...(mode === "context-takeover" ? ["Hello"] : []),
+    ]);
+    assertEquals(core.state, "open");
+  }
 });
 
 Deno.test("an uncompressed message (RSV1 clear) passes as it is when the extension is in force", () => {
@@ -521,4 +550,68 @@ Deno.test("broadcast: compressed once per distinct parameters without server con
       }
     });
   }
+});
+
+Deno.test("server.ts: permessage-deflate accepted by default, declined with --no-compression", async () => {
+  assertEquals(parseServerArgs(["--no-compression"])?.compression, false);
+  assertEquals(parseServerArgs([])?.compression, undefined); // startServer's default: on
+  const cases: [ProtocolOptions["compression"], string | null][] = [
+    [undefined, "permessage-deflate; server_no_context_takeover; client_no_context_takeover"],
+    [false, null],
+  ];
+  for (const [compression, expected] of cases) {
+    const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, compression });
+    try {
+      const { client, extensions } = await deflateClient(
+        server.addr.port,
+        "permessage-deflate; client_max_window_bits",
+      );
+      client.close();
+      assertEquals(extensions, expected);
+    } finally {
+      await server.shutdown();
+    }
+  }
+});
+
+// ---------------------------------------------------------------- property
+
+Deno.test("property: compressed messages, fragmented at random and fed in random chunks, arrive intact", () => {
+  const message = fc.oneof(fc.string({ unit: "grapheme", maxLength: 3000 }), fc.uint8Array({ maxLength: 3000 }));
+  fc.assert(
+    fc.property(
+      fc.constantFrom("no-context-takeover" as const, "context-takeover" as const),
+      fc.array(fc.tuple(message, fc.array(fc.nat(), { maxLength: 3 })), { minLength: 1, maxLength: 6 }),
+      fc.integer({ min: 1, max: 700 }),
+      (mode, specs, chunk) => {
+        const { core } = open("permessage-deflate", { mode });
+        // The client's own compressor: a window kept only when the server allows it.
+        const client = new ZlibStream("deflate");
+        const wire: Uint8Array[] = [];
+        for (const [msg, cuts] of specs) {
+          const bytes = typeof msg === "string" ? encoder.encode(msg) : msg;
+          const compressed = client.deflate(
+            bytes,
+            mode === "context-takeover" ? constants.Z_SYNC_FLUSH : constants.Z_FULL_FLUSH,
+          ).slice();
+          const points = [...new Set(cuts.map((cut) => cut % (compressed.length + 1)))].sort((a, b) => a - b);
+          const pieces = [0, ...points, compressed.length].flatMap((start, i, all) =>
+            i + 1 < all.length ? [compressed.subarray(start, all[i + 1])] : []
+          );
+          pieces.forEach((piece, i) => {
+            const opcode = i > 0 ? Opcode.Continuation : typeof msg === "string" ? Opcode.Text : Opcode.Binary;
+            wire.push(clientFrame(opcode, piece, { fin: i === pieces.length - 1, rsv1: i === 0 }));
+          });
+        }
+        const bytes = concat(wire);
+        for (let offset = 0; offset < bytes.length; offset += chunk) {
+          core.receiveData(bytes.subarray(offset, offset + chunk));
+        }
+        client.close();
+        assertEquals(messages(core), specs.map(([msg]) => msg));
+        assertEquals(core.state, "open");
+      },
+    ),
+    { seed: 7692, numRuns: 150 },
+  );
 });

@@ -1,8 +1,9 @@
 """A compressing WebSocket peer driven by JSON lines, for permessage-deflate interop tests.
 
 Usage: python3 python_deflate_peer.py URL OFFER
-OFFER is "default" (websockets' own offer: permessage-deflate; client_max_window_bits)
-or "no-context" (also server_no_context_takeover and client_no_context_takeover).
+OFFER is "default" (websockets' own offer: permessage-deflate; client_max_window_bits),
+"no-context" (also server_no_context_takeover and client_no_context_takeover) or
+"window-10" (also server_max_window_bits=10).
 Reads commands on stdin ({"op": "send", "text": ...}, {"op": "sendBinary", "b64": ...},
 {"op": "sendFragments", "parts": [...]}, {"op": "close"}) and prints events on stdout
 ({"ev": "open", "extensions": ...}, {"ev": "text", "data": ...}, {"ev": "binary", "b64": ...},
@@ -26,6 +27,7 @@ async def main(url, offer):
     factory = ClientPerMessageDeflateFactory(
         server_no_context_takeover=no_context,
         client_no_context_takeover=no_context,
+        server_max_window_bits=10 if offer == "window-10" else None,
     )
     async with websockets.connect(url, max_size=None, compression=None, extensions=[factory]) as ws:
         emit({"ev": "open", "extensions": ws.response_headers.get("Sec-WebSocket-Extensions")})
