@@ -263,9 +263,9 @@ export class ZlibStream {
   /** The stream's last block (BFINAL) has been read; what follows is not DEFLATE data. */
   ended = false;
 
-  constructor(kind: "deflate" | "inflate", windowBits = 15, level = 6) {
+  constructor(kind: "deflate" | "inflate", windowBits = 15, level = 6, memLevel = 8) {
     const stream = kind === "deflate"
-      ? createDeflateRaw({ windowBits, level, memLevel: 8 })
+      ? createDeflateRaw({ windowBits, level, memLevel })
       : createInflateRaw({ windowBits });
     const internals = stream as unknown as { _handle?: ZlibHandle; _writeState?: Uint32Array };
     if (typeof internals._handle?.writeSync !== "function" || !(internals._writeState instanceof Uint32Array)) {
