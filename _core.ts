@@ -4,6 +4,7 @@
 // what the outbox hands out. Every rule here is testable with bytes alone.
 
 import {
+  checkResponse,
   checkUpgrade,
   type HandshakeRequest,
   type HttpResponse,
@@ -13,7 +14,7 @@ import {
   switchingProtocols,
 } from "./_http.ts";
 import { MessageAssembler } from "./_assembler.ts";
-import { type DataFrame, Outbox, pooled } from "./_outbox.ts";
+import { type DataFrame, encodeControl, Outbox } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import {
   applyMask,
@@ -21,7 +22,6 @@ import {
   decodeClosePayload,
   decodeHeader,
   encodeClosePayload,
-  encodeFrame,
   type FrameHeader,
   Opcode,
 } from "./frame.ts";
@@ -95,6 +95,10 @@ export class Core {
   /** The closing handshake's code: the peer's, else the one sent, else 1006 (abnormal). */
   closeCode: number = CloseCode.AbnormalClosure;
   closeReason = "";
+  /** The subprotocol agreed on in the handshake, or "". */
+  protocol = "";
+  /** Why a client's handshake failed, once it has. */
+  handshakeError: WebSocketError | undefined;
   /** Milliseconds between heartbeat decisions: `tick()` is meant to run this often. */
   readonly heartbeatPeriod: number;
 
@@ -103,7 +107,9 @@ export class Core {
   #answering = false; // the request head is in; waiting for accept(), reject() or respond()
   #events: CoreEvent[] = [];
   #assembler: MessageAssembler;
-  #masked: boolean;
+  #client: boolean;
+  // A client's request, until the answer is in: the accept key expected and the subprotocols offered.
+  #expected: { accept: string; protocols: readonly string[] } | undefined;
   #lastSeen = 0;
   #lastPing = -Infinity;
 
@@ -119,8 +125,8 @@ export class Core {
 
   constructor(options: ResolvedOptions, role: Role = "server") {
     this.options = options;
-    this.#masked = role === "server";
-    this.outbox = new Outbox(options.maxBackpressure);
+    this.#client = role === "client";
+    this.outbox = new Outbox(options.maxBackpressure, this.#client);
     this.#assembler = new MessageAssembler(options.maxPayload, options.maxFragments);
     const { pingInterval, idleTimeout } = options;
     this.heartbeatPeriod = Math.min(pingInterval || Infinity, idleTimeout || Infinity);
@@ -207,7 +213,8 @@ export class Core {
   #parse(): void {
     try {
       if (this.#state === "connecting") this.#parseHead();
-      else if (this.#reading) this.#parseFrames();
+      // A client's answer may come with the first frames.
+      if (this.#state !== "connecting" && this.#reading) this.#parseFrames();
     } catch (error) {
       this.#fail(error);
     }
@@ -241,6 +248,11 @@ export class Core {
     if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize);
     const head = latin1.decode(buffer.subarray(0, headEnd));
     this.#start = headEnd + 4;
+    if (this.#expected !== undefined) {
+      this.protocol = checkResponse(head, this.#expected.accept, this.#expected.protocols);
+      this.#expected = undefined;
+      return this.#open(this.#lastSeen);
+    }
     this.#answering = true;
     const request = parseRequestHead(head, maxHeaders);
     if (!isUpgradeAttempt(request.headers)) {
@@ -255,10 +267,25 @@ export class Core {
   accept(accept: string, protocol: string, now: number): void {
     if (this.#state !== "connecting" || !this.#answering) throw new Error(`accept() while ${this.#state}`);
     this.outbox.pushControl(switchingProtocols(accept, protocol));
-    this.#state = "open";
+    this.protocol = protocol;
     this.#answering = false;
-    this.#lastSeen = now;
+    this.#open(now);
     this.#parse();
+  }
+
+  #open(now: number): void {
+    this.#state = "open";
+    this.#lastSeen = now;
+  }
+
+  /**
+   * Starts a client's handshake (RFC 6455 4.1): queues the request head; the answer
+   * must carry `accept` and at most one of `protocols`. Frames after it are parsed.
+   */
+  connect(requestHead: Uint8Array, accept: string, protocols: readonly string[]): void {
+    if (!this.#client || this.#state !== "connecting") throw new Error(`connect() on a ${this.#state} server core`);
+    this.#expected = { accept, protocols };
+    this.outbox.pushControl(requestHead);
   }
 
   /** Refuses the handshake with the error's HTTP status. */
@@ -279,7 +306,7 @@ export class Core {
 
   #parseFrames(): void {
     if (this.#large && !this.#receiveLarge(this.#large)) return;
-    const masked = this.#masked;
+    const masked = !this.#client;
     while (this.#reading) {
       const buffered = this.#buffer.subarray(this.#start, this.#end);
       // A fragment may not take its message over the limit.
@@ -366,7 +393,7 @@ export class Core {
     this.closeReason = reason;
     if (!this.outbox.closed) {
       const echo = code === CloseCode.NoStatusReceived ? EMPTY : payload.subarray(0, 2);
-      this.outbox.pushLast(encodeFrame(Opcode.Close, echo, pooled));
+      this.outbox.pushLast(this.#frame(Opcode.Close, echo));
     }
     this.#stop();
     this.#events.push({ type: "close", code, reason });
@@ -383,13 +410,22 @@ export class Core {
       code: "WS_ERR_INTERNAL",
       cause: error,
     });
-    if (this.#state === "connecting") return this.reject(failure);
+    if (this.#state === "connecting") {
+      if (!this.#client) return this.reject(failure);
+      this.handshakeError = failure;
+      return this.#stop();
+    }
     if ((this.#state === "open" || this.#state === "closing") && !this.outbox.closed) {
       this.closeCode = failure.closeCode;
       this.closeReason = failure.message;
-      this.outbox.pushLast(encodeFrame(Opcode.Close, closePayload(failure.closeCode, failure.message), pooled));
+      this.outbox.pushLast(this.#frame(Opcode.Close, closePayload(failure.closeCode, failure.message)));
     }
     this.#stop();
+  }
+
+  // A control frame, masked when we are the client (RFC 6455 5.3).
+  #frame(opcode: Opcode, payload: Uint8Array): Uint8Array {
+    return encodeControl(opcode, payload, this.#client);
   }
 
   #stop(): void {
@@ -414,7 +450,7 @@ export class Core {
   ping(data: Uint8Array): boolean {
     if (this.#state !== "open") return false;
     if (data.length > 125) throw new RangeError(`Ping data must be at most 125 bytes, got ${data.length}`);
-    return this.outbox.pushControl(encodeFrame(Opcode.Ping, data, pooled));
+    return this.outbox.pushControl(this.#frame(Opcode.Ping, data));
   }
 
   /** Starts the closing handshake (RFC 6455 7.1.2): our close frame after what is queued. */
@@ -427,7 +463,7 @@ export class Core {
       this.#state = "closing";
       this.closeCode = code;
       this.closeReason = reason;
-      this.outbox.pushLast(encodeFrame(Opcode.Close, payload, pooled));
+      this.outbox.pushLast(this.#frame(Opcode.Close, payload));
     }
   }
 

@@ -19,9 +19,9 @@
  * @module
  */
 
-import { computeAcceptKey, type HandshakeRequest, type HttpResponse, parseRequestHead } from "./_http.ts";
+import { computeAcceptKey, type HandshakeRequest, type HttpResponse, parseRequestHead, requestHead } from "./_http.ts";
 import { Core, resolveOptions } from "./_core.ts";
-import { encodeMessage } from "./_outbox.ts";
+import { encodeMaskedMessage, encodeMessage } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import { CloseCode } from "./frame.ts";
 
@@ -65,6 +65,31 @@ export interface ProtocolOptions {
   idleTimeout?: number;
   /** Origins allowed to connect (exact `Origin` values, or a predicate); others get 403. Default: all. */
   allowedOrigins?: readonly string[] | ((origin: string | null) => boolean);
+}
+
+/**
+ * Options of {@linkcode Protocol.connect}, the client side: what to ask the server
+ * for, whom to trust, and every {@linkcode ProtocolOptions} limit (`maxHeaderSize`
+ * bounds the server's answer, `handshakeTimeout` the whole connect).
+ *
+ * @example
+ * ```ts
+ * import type { ClientOptions } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const options: ClientOptions = { protocols: ["chat"], headers: { Authorization: "Bearer token" } };
+ * assertEquals(options.protocols, ["chat"]);
+ * ```
+ */
+export interface ClientOptions extends ProtocolOptions {
+  /** Subprotocols to offer, in order of preference (default none). */
+  protocols?: readonly string[];
+  /** Extra request headers, such as `Origin` or `Authorization` (default none). */
+  headers?: Readonly<Record<string, string>>;
+  /** PEM certificates to trust for wss:// besides the system's, e.g. a self-signed one (default none). */
+  caCerts?: string[];
+  /** The map of connected users the connection joins (default a new one). */
+  users?: Map<string, Protocol>;
 }
 
 /**
@@ -122,6 +147,7 @@ export class Protocol {
 
   // The rules live in the core; this shell reads, writes, keeps timers and runs callbacks.
   #core: Core;
+  #client = false;
   #conn: Connection | undefined;
   #connClosed = false;
   #writing: Promise<void> | undefined;
@@ -233,7 +259,7 @@ export class Protocol {
    */
   sendMessage(msg: string | Uint8Array): Promise<boolean> {
     if (this.#core.state !== "open") return Promise.resolve(false);
-    const queued = this.#core.send(encodeMessage(msg));
+    const queued = this.#core.send(this.#client ? encodeMaskedMessage(msg) : encodeMessage(msg));
     const written = queued ? this.#waiter() : Promise.resolve(false);
     this.#sync();
     return written;
@@ -269,7 +295,8 @@ export class Protocol {
 
   /**
    * Sends one message to many connections, encoding its frame once: every recipient
-   * queues the very same bytes. Recipients that are not open are skipped.
+   * queues the very same bytes (client-side connections mask a copy of their own).
+   * Recipients that are not open are skipped.
    *
    * @example
    * ```ts ignore
@@ -285,7 +312,7 @@ export class Protocol {
     let count = 0;
     for (const recipient of recipients) {
       if (recipient.#core.state !== "open") continue;
-      if (recipient.#core.send(frame)) count++;
+      if (recipient.#core.send(recipient.#client ? encodeMaskedMessage(msg) : frame)) count++;
       recipient.#sync();
     }
     return count;
@@ -302,30 +329,117 @@ export class Protocol {
     this.#conn = conn;
     (conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
     const core = this.#core;
-    let connected = false;
     const handshakeTimer = setTimeout(() => this.#abort(), core.options.handshakeTimeout);
     try {
       while (core.state === "connecting") {
         if (!core.reading) await this.#answer();
-        else if (!(await this.#read())) return;
+        else if (!(await this.#read())) break;
       }
-      clearTimeout(handshakeTimer);
-      if (core.state !== "open") return;
-      this.users.set(this.id, this);
-      connected = true;
-      this.#startHeartbeat();
-      this.#callback(() => this.onConnect());
-      this.#dispatch(); // frames that came with the request head
-      while (core.reading && (await this.#read()));
     } catch (error) {
       if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
     } finally {
       clearTimeout(handshakeTimer);
+    }
+    if (core.state === "open") return this.#run();
+    await this.#finish();
+  }
+
+  /**
+   * Connects to a WebSocket server as a client (RFC 6455 4.1) and resolves once the
+   * opening handshake is done and `onConnect` has run; the connection then runs on
+   * its own, as one from `serve` does. Rejects with a {@linkcode ProtocolError} when
+   * the handshake fails (its `status` is the server's answer: 403, or 101 with a
+   * wrong accept key), or with the network's error; redirects are not followed.
+   * Every frame is masked with a fresh random key; a masked frame from the server
+   * fails the connection with 1002.
+   *
+   * @example
+   * ```ts ignore
+   * import { Protocol } from "./protocol.ts";
+   *
+   * class Printer extends Protocol {
+   *   override onMessage(msg: string | Uint8Array) {
+   *     console.log(msg);
+   *   }
+   * }
+   * const client = await Printer.connect("ws://localhost:9999/");
+   * await client.sendMessage("hello");
+   * client.close();
+   * ```
+   *
+   * @param url A `ws://` or `wss://` URL.
+   * @param options What to offer and send, whom to trust, and the limits.
+   * @returns The connected instance.
+   */
+  static async connect<T extends Protocol>(
+    this: new (users: Map<string, Protocol>, options: ProtocolOptions) => T,
+    url: string | URL,
+    options: ClientOptions = {},
+  ): Promise<T> {
+    const target = new URL(url);
+    if (target.protocol !== "ws:" && target.protocol !== "wss:") {
+      throw new TypeError(`URL scheme must be ws: or wss:, got ${target.protocol}`);
+    }
+    if (target.hash !== "") throw new TypeError("A WebSocket URL has no fragment (RFC 6455 3)");
+    const handler = new this(options.users ?? new Map(), options);
+    await handler.#connect(target, options);
+    return handler;
+  }
+
+  async #connect(url: URL, options: ClientOptions): Promise<void> {
+    const core = this.#core = new Core(resolveOptions(options), "client");
+    this.#client = true;
+    const protocols = options.protocols ?? [];
+    const key = crypto.getRandomValues(new Uint8Array(16)).toBase64();
+    const head = requestHead({ url, key, protocols, headers: options.headers ?? {} });
+    const accept = await computeAcceptKey(key);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      this.#abort();
+    }, core.options.handshakeTimeout);
+    try {
+      const hostname = url.hostname.replace(/^\[|\]$/g, "");
+      const port = Number(url.port || (url.protocol === "wss:" ? 443 : 80));
+      const connecting = url.protocol === "wss:"
+        ? Deno.connectTls({ hostname, port, caCerts: options.caCerts })
+        : Deno.connect({ hostname, port });
+      this.#conn = await connecting;
+      if (timedOut) this.#conn.close();
+      (this.#conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
+      core.connect(head, accept, protocols);
+      this.#sync();
+      while (core.state === "connecting" && (await this.#read()));
+    } catch (error) {
+      this.#abort();
+      if (!timedOut) throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (core.state !== "open") {
+      this.#abort();
+      if (timedOut) throw new ProtocolError(`No handshake answer within ${core.options.handshakeTimeout} ms`);
+      throw core.handshakeError ?? new ProtocolError("Connection closed before the handshake answer");
+    }
+    this.protocol = core.protocol;
+    this.#run();
+  }
+
+  // An open connection, until it ends: callbacks, reading, the close.
+  async #run(): Promise<void> {
+    const core = this.#core;
+    this.users.set(this.id, this);
+    this.#startHeartbeat();
+    this.#callback(() => this.onConnect());
+    this.#dispatch(); // frames that came with the handshake
+    try {
+      while (core.reading && (await this.#read()));
+    } catch (error) {
+      if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
+    } finally {
       await this.#finish();
-      if (connected) {
-        this.users.delete(this.id);
-        this.#callback(() => this.onDisconnect());
-      }
+      this.users.delete(this.id);
+      this.#callback(() => this.onDisconnect());
     }
   }
 
@@ -364,8 +478,8 @@ export class Protocol {
       if ((await this.onHandshake(event.head)) === false) {
         throw new ProtocolError("Connection refused", { status: 403 });
       }
-      this.protocol = selected ?? "";
-      core.accept(await computeAcceptKey(event.key), this.protocol, Date.now());
+      core.accept(await computeAcceptKey(event.key), selected ?? "", Date.now());
+      this.protocol = core.protocol;
       this.#request = undefined;
     } catch (error) {
       if (!(error instanceof WebSocketError)) console.error(`[${this.id}] handshake callback failed:`, error);
@@ -503,9 +617,10 @@ export class Protocol {
       this.#sync();
       while (this.#writing !== undefined) await this.#writing;
       // RFC 6455 7.1.1: the server closes TCP first. Half-close, then wait for the
-      // peer's FIN, so unread bytes do not turn our close into a reset.
+      // peer's FIN, so unread bytes do not turn our close into a reset. A client waits
+      // for the server's FIN.
       if (!this.#connClosed) {
-        await this.#conn!.closeWrite();
+        if (!this.#client) await this.#conn!.closeWrite();
         const drain = new Uint8Array(1024);
         while (!this.#connClosed && (await this.#conn!.read(drain)) !== null);
       }
