@@ -105,6 +105,7 @@ export class Core {
   #state: ConnectionState = "connecting";
   #reading = true; // false once frames are no longer taken: closed, failed, or refused
   #answering = false; // the request head is in; waiting for accept(), reject() or respond()
+  #held = false; // a close frame waits in the buffer for the messages before it to be taken
   #events: CoreEvent[] = [];
   #assembler: MessageAssembler;
   #client: boolean;
@@ -141,8 +142,15 @@ export class Core {
     return this.#reading && !this.#answering;
   }
 
-  /** The events since the last call. */
+  /**
+   * The events since the last call. Call it until it returns none: a close frame
+   * waits until the messages before it are taken, so that they can still be answered.
+   */
   takeEvents(): CoreEvent[] {
+    if (this.#events.length === 0 && this.#held) {
+      this.#held = false;
+      this.#parse();
+    }
     const events = this.#events;
     if (events.length > 0) this.#events = [];
     return events;
@@ -313,6 +321,11 @@ export class Core {
       const header = decodeHeader(buffered, { masked, maxPayload: this.#assembler.room });
       if (header === null) return;
       const { headerLength, payloadLength, opcode } = header;
+      // Messages that came before a close may still be answered: they are taken first.
+      if (opcode === Opcode.Close && this.#events.length > 0) {
+        this.#held = true;
+        return;
+      }
       const frameLength = headerLength + payloadLength;
       if (buffered.length < frameLength) {
         if (frameLength > this.#buffer.length) this.#startLarge(header);

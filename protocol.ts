@@ -491,9 +491,12 @@ export class Protocol {
 
   // Runs the callbacks for what the core received, then writes what it queued.
   #dispatch(): void {
-    for (const event of this.#core.takeEvents()) {
-      if (event.type === "message") this.#callback(() => this.onMessage(event.data));
-      else if (event.type === "error") console.error(`[${this.id}] unexpected error, closed with 1011:`, event.error);
+    const core = this.#core;
+    for (let events = core.takeEvents(); events.length > 0; events = core.takeEvents()) {
+      for (const event of events) {
+        if (event.type === "message") this.#callback(() => this.onMessage(event.data));
+        else if (event.type === "error") console.error(`[${this.id}] unexpected error, closed with 1011:`, event.error);
+      }
     }
     this.#sync();
   }
