@@ -105,6 +105,7 @@ export class Core {
   #state: ConnectionState = "connecting";
   #reading = true; // false once frames are no longer taken: closed, failed, or refused
   #answering = false; // the request head is in; waiting for accept(), reject() or respond()
+  #taken = false; // #events were handed out by takeEvents
   #held = false; // a close frame waits in the buffer for the messages before it to be taken
   #events: CoreEvent[] = [];
   #assembler: MessageAssembler;
@@ -145,15 +146,22 @@ export class Core {
   /**
    * The events since the last call. Call it until it returns none: a close frame
    * waits until the messages before it are taken, so that they can still be answered.
+   * The array is reused: done with once this is called again.
    */
   takeEvents(): CoreEvent[] {
+    this.#dropTaken();
     if (this.#events.length === 0 && this.#held) {
       this.#held = false;
       this.#parse();
     }
-    const events = this.#events;
-    if (events.length > 0) this.#events = [];
-    return events;
+    this.#taken = this.#events.length > 0;
+    return this.#events;
+  }
+
+  #dropTaken(): void {
+    if (!this.#taken) return;
+    this.#events.length = 0;
+    this.#taken = false;
   }
 
   // --- Reading ---
@@ -219,6 +227,7 @@ export class Core {
   // The one catch site: a protocol violation fails the connection with its close code
   // (or, during the handshake, its HTTP status); anything else is a bug, 1011 or 500.
   #parse(): void {
+    this.#dropTaken();
     try {
       if (this.#state === "connecting") this.#parseHead();
       // A client's answer may come with the first frames.
