@@ -2,7 +2,7 @@
 //
 //   cc -O2 -Wall -Wextra -o loadgen loadgen.c
 //   loadgen [--host 127.0.0.1|::1] echo PORT CONNS SIZE WINDOW SECONDS [text|binary]
-//   loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS
+//   loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS [own|all]
 //   loadgen [--host 127.0.0.1|::1] connect PORT COUNT
 //
 // It opens its connections (PARALLEL handshakes at a time), then prints a JSON line
@@ -22,7 +22,9 @@
 //          are awaited. Latency: from queueing a message to reading its echo. Each echo's
 //          type and length are checked, and its first and last CHECK_BYTES bytes.
 // fanout:  RECEIVERS+1 connections; the first is the sender, which receives too. It keeps
-//          WINDOW 32-byte binary messages in flight, one done when its own copy comes back.
+//          WINDOW 32-byte binary messages in flight, one done when its own copy comes back
+//          (own, the default), or once every connection has received it (all: the window
+//          then bounds the server's backlog whatever order it delivers in).
 //          Each message starts with a 32-bit big-endian sequence number: every delivery's
 //          latency is measured from its message's send time, and every connection must
 //          receive every message once, in order. Text frames (connect notices) are skipped.
@@ -239,6 +241,8 @@ static struct {
   uint64_t start, deadline, last_read;
   uint64_t messages, in_flight;         // echo
   uint64_t sent, acked, deliveries;     // fanout
+  bool ack_all;                         // fanout: a message is done once all have received it
+  uint32_t *seq_pending;                // fanout, ack_all: deliveries still to come, by seq
   uint32_t seq;
   uint64_t *seq_sent_at;
   float *latency;  // ms
@@ -344,6 +348,7 @@ static void fanout_send(uint64_t now) {
     payload[2] = (uint8_t)(seq >> 8);
     payload[3] = (uint8_t)seq;
     G.seq_sent_at[seq % SEQ_RING] = now;
+    if (G.ack_all) G.seq_pending[seq % SEQ_RING] = G.conns;
     G.sent++;
     bytes_append(&sender->out, frame, encode_frame(frame, BINARY, payload, FANOUT_SIZE, G.mask));
     queued = true;
@@ -373,7 +378,7 @@ static void on_message(Conn *c, uint64_t now) {
     c->next_seq++;
     record_latency(G.seq_sent_at[seq % SEQ_RING], now);
     G.deliveries++;
-    if (c->index == 0) G.acked++;
+    if (G.ack_all ? --G.seq_pending[seq % SEQ_RING] == 0 : c->index == 0) G.acked++;
     return;
   }
   if (r->message_opcode != (G.text ? TEXT : BINARY)) fail("connection %u: an echo of the wrong type", c->index);
@@ -541,7 +546,7 @@ static void on_readable(Conn *c) {
     if (now >= G.deadline) G.sending = false;
     else echo_send(c, c->received, now);
   }
-  if (G.mode == FANOUT && c->index == 0) fanout_send(now);
+  if (G.mode == FANOUT && (c->index == 0 || G.ack_all)) fanout_send(now);
 }
 
 // ---------------------------------------------------------------- connections
@@ -717,7 +722,7 @@ static void run(double seconds) {
 
 static void usage(void) {
   fail("usage: loadgen [--host 127.0.0.1|::1] echo PORT CONNS SIZE WINDOW SECONDS [text|binary]\n"
-       "       loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS\n"
+       "       loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS [own|all]\n"
        "       loadgen [--host 127.0.0.1|::1] connect PORT COUNT");
 }
 
@@ -753,8 +758,10 @@ static void parse_arguments(int argc, char **argv) {
     G.seconds = parse_seconds(argv[6]);
     if (argc == 8 && strcmp(argv[7], "text") != 0 && strcmp(argv[7], "binary") != 0) usage();
     G.text = argc == 8 && strcmp(argv[7], "text") == 0;
-  } else if (strcmp(mode, "fanout") == 0 && argc == 6) {
+  } else if (strcmp(mode, "fanout") == 0 && (argc == 6 || argc == 7)) {
     G.mode = FANOUT;
+    if (argc == 7 && strcmp(argv[6], "own") != 0 && strcmp(argv[6], "all") != 0) usage();
+    G.ack_all = argc == 7 && strcmp(argv[6], "all") == 0;
     G.conns = (unsigned)parse_number(argv[3], 0, MAX_CONNS - 1, "RECEIVERS") + 1;
     G.window = (unsigned)parse_number(argv[4], 1, MAX_WINDOW, "WINDOW");
     G.seconds = parse_seconds(argv[5]);
@@ -798,6 +805,7 @@ int main(int argc, char **argv) {
   }
   if (G.mode != CONNECT) G.latency = allocate(LATENCY_CAP * sizeof *G.latency);
   if (G.mode == FANOUT) G.seq_sent_at = allocate(SEQ_RING * sizeof *G.seq_sent_at);
+  if (G.mode == FANOUT) G.seq_pending = allocate(SEQ_RING * sizeof *G.seq_pending);
   G.read_buffer = allocate(READ_SIZE);
   G.conn = allocate(G.conns * sizeof *G.conn);
   G.epoll = epoll_create1(EPOLL_CLOEXEC);
