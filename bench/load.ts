@@ -587,7 +587,32 @@ function shortfalls(results: Result[]): string[] {
     if (scenario.kind === "echo" && deno?.p99 && deno.p99.median > 1.2) misses.push(`p99 ${times(deno.p99)} Deno's`);
     if (misses.length) lines.push(`${scenario.name}: ${misses.join("; ")}`);
   }
+  for (const { window, kept } of fanoutScaling(results)) {
+    const ours = kept.get("ours"), deno = kept.get("deno");
+    if (ours !== undefined && deno !== undefined && ours < deno) {
+      lines.push(
+        `fanout 1000 → 5000 receivers × ${window} in flight: ours keeps ${ours.toFixed(2)}× of its ` +
+          `deliveries per CPU-s, Deno ${deno.toFixed(2)}×`,
+      );
+    }
+  }
   return lines;
+}
+
+// What each server keeps of its fan-out deliveries per CPU-second going from 1,000 to 5,000
+// receivers (medians), for each window measured at both.
+function fanoutScaling(results: Result[]): { window: number; kept: Map<string, number> }[] {
+  const fanouts = results.filter(({ scenario }) => scenario.kind === "fanout");
+  return fanouts.filter(({ scenario }) => scenario.conns === 1000).flatMap((small) => {
+    const large = fanouts.find(({ scenario }) => scenario.conns === 5000 && scenario.window === small.scenario.window);
+    if (!large) return [];
+    const kept = new Map<string, number>();
+    for (const name of SERVERS) {
+      const a = small.summaries.get(name)?.perCpuSecond?.median, b = large.summaries.get(name)?.perCpuSecond?.median;
+      if (a && b) kept.set(name, b / a);
+    }
+    return [{ window: small.scenario.window, kept }];
+  });
 }
 
 // ---------------------------------------------------------------- the chart
@@ -777,6 +802,8 @@ async function main(): Promise<void> {
     `${Deno.build.target}, ${meta.cores} cores, Deno ${Deno.version.deno}${meta.node ? `, Node ${meta.node}` : ""}; ` +
     `load average ${meta.loadavg} → ${loadavg()}`,
   ];
+  const scaling = fanoutScaling(results);
+  for (const { window, kept } of scaling) write({ type: "fanoutScaling", window, kept: Object.fromEntries(kept) });
   write({ type: "end", seconds: elapsed, loadavg: loadavg() });
   await Deno.copyFile(jsonl, `${RESULTS}latest.jsonl`);
   const references = SERVERS.filter((name) => name !== "ours");
@@ -786,6 +813,10 @@ async function main(): Promise<void> {
 
   console.log(table(results));
   console.log(`\n${about.join("; ")}`);
+  for (const { window, kept } of scaling) {
+    const each = [...kept].map(([name, value]) => `${name} ${value.toFixed(2)}×`).join(", ");
+    console.log(`\nFan-out 1000 → 5000 receivers × ${window} in flight, deliveries per CPU-s kept: ${each}`);
+  }
   const misses = shortfalls(results);
   console.log(
     misses.length ? `\nBelow target:\n${misses.map((line) => `- ${line}`).join("\n")}` : "\nEvery target met.",
