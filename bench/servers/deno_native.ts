@@ -10,7 +10,9 @@ Deno.serve({
   port,
   onListen: () => console.log("ready"),
 }, (request) => {
-  const { socket, response } = Deno.upgradeWebSocket(request);
+  // Heartbeats off, as in the other servers (its default pings after 30 s idle and closes
+  // without a pong, and the load generator answers none).
+  const { socket, response } = Deno.upgradeWebSocket(request, { idleTimeout: 0 });
   socket.binaryType = "arraybuffer";
   if (new URL(request.url).pathname === "/echo") {
     socket.onmessage = (event) => socket.send(event.data);
