@@ -2,7 +2,6 @@
 // the accept key, and the responses. Private to the module; protocol.ts re-exports the
 // public parts.
 
-import { encodeBase64 } from "@std/encoding/base64";
 import { ProtocolError } from "./errors.ts";
 
 /**
@@ -86,7 +85,7 @@ const encoder = new TextEncoder();
  */
 export async function computeAcceptKey(key: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + WEBSOCKET_GUID));
-  return encodeBase64(digest);
+  return new Uint8Array(digest).toBase64();
 }
 
 // RFC 7230 3.1.1 and 3.2: request line, then header fields, no obsolete line folding.

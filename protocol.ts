@@ -19,7 +19,6 @@
  * @module
  */
 
-import { decodeBase64 } from "@std/encoding/base64";
 import {
   computeAcceptKey,
   type HandshakeRequest,
@@ -473,7 +472,7 @@ export class Protocol {
       throw new ProtocolError("Connection header must contain upgrade");
     }
     const key = headers.get("sec-websocket-key") ?? "";
-    if (!/^[A-Za-z0-9+/]{22}==$/.test(key) || decodeBase64(key).length !== 16) {
+    if (!/^[A-Za-z0-9+/]{22}==$/.test(key) || Uint8Array.fromBase64(key).length !== 16) {
       throw new ProtocolError("Sec-WebSocket-Key must be 16 bytes in base64");
     }
     const version = headers.get("sec-websocket-version");
