@@ -201,7 +201,8 @@ if (import.meta.main) {
   for (const [file, imports] of external) {
     console.log(`  ${file}${core.has(file) ? " (core)" : ""}: ${imports.length ? imports.join(", ") : "none"}`);
   }
-  for (const message of pending) console.log(`pending: ${message} (${PENDING[message.split(":")[0]]})`);
+  for (const [file, why] of Object.entries(PENDING)) console.log(`\nPending, not failing: ${file} is ${why}:`);
+  for (const message of pending) console.log(`  ${message}`);
   if (problems.length > 0) {
     console.error(`\n${problems.length} problem(s):\n${problems.map((p) => `  ${p}`).join("\n")}`);
     Deno.exit(1);
