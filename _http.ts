@@ -2,7 +2,6 @@
 // the accept key, and the responses. Private to the module; protocol.ts re-exports the
 // public parts.
 
-import { encodeBase64 } from "@std/encoding/base64";
 import { ProtocolError } from "./errors.ts";
 
 /**
@@ -11,12 +10,28 @@ import { ProtocolError } from "./errors.ts";
  * @example Refuse connections without a token in the query
  * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * class Handler extends Protocol {
  *   override onHandshake() {
  *     return this.request?.query.get("token") === "secret";
  *   }
  * }
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * async function opens(token: string): Promise<boolean> {
+ *   const socket = new WebSocket(`ws://127.0.0.1:${listener.addr.port}/?token=${token}`);
+ *   const served = new Handler(new Map()).serve(await listener.accept());
+ *   const opened = await new Promise<boolean>((resolve) => {
+ *     socket.onopen = () => resolve(true);
+ *     socket.onerror = () => resolve(false);
+ *   });
+ *   socket.close();
+ *   await served;
+ *   return opened;
+ * }
+ * assertEquals(await opens("secret"), true);
+ * assertEquals(await opens("guess"), false); // refused with 403
+ * listener.close();
  * ```
  */
 export interface HandshakeRequest {
@@ -36,12 +51,19 @@ export interface HandshakeRequest {
  * @example
  * ```ts
  * import { type HandshakeRequest, type HttpResponse, Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * class Handler extends Protocol {
  *   override onHttpRequest(request: HandshakeRequest): HttpResponse | undefined {
  *     if (request.path === "/health") return { status: 200, body: "ok" };
  *   }
  * }
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const response = fetch(`http://127.0.0.1:${listener.addr.port}/health`);
+ * const served = new Handler(new Map()).serve(await listener.accept());
+ * listener.close();
+ * assertEquals([(await response).status, await (await response).text()], [200, "ok"]);
+ * await served;
  * ```
  */
 export interface HttpResponse {
@@ -77,8 +99,9 @@ const encoder = new TextEncoder();
  * @example The RFC 6455 1.3 example
  * ```ts
  * import { computeAcceptKey } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * console.log(await computeAcceptKey("dGhlIHNhbXBsZSBub25jZQ==")); // "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+ * assertEquals(await computeAcceptKey("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
  * ```
  *
  * @param key The client's `Sec-WebSocket-Key`.
@@ -86,7 +109,7 @@ const encoder = new TextEncoder();
  */
 export async function computeAcceptKey(key: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + WEBSOCKET_GUID));
-  return encodeBase64(digest);
+  return new Uint8Array(digest).toBase64();
 }
 
 // RFC 7230 3.1.1 and 3.2: request line, then header fields, no obsolete line folding.

@@ -12,8 +12,10 @@
  * @example
  * ```ts
  * import { CHAT_PAGE } from "./chat_page.ts";
+ * import { assert, assertFalse } from "@std/assert";
  *
- * console.log(CHAT_PAGE.startsWith("<!doctype html>")); // true
+ * assert(CHAT_PAGE.startsWith("<!doctype html>"));
+ * assertFalse(CHAT_PAGE.includes("innerHTML"));
  * ```
  */
 export const CHAT_PAGE: string = `<!doctype html>

@@ -9,9 +9,10 @@
  * @example Start it from code
  * ```ts
  * import { startServer } from "./server.ts";
+ * import { assertNotEquals } from "@std/assert";
  *
  * const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
- * console.log(`listening on ${server.addr.port}`);
+ * assertNotEquals(server.addr.port, 0); // port 0 picked a free one
  * await server.shutdown();
  * ```
  *
@@ -31,9 +32,12 @@ import { type HandshakeRequest, type HttpResponse, Protocol, type ProtocolOption
  * @example
  * ```ts
  * import { type ServerOptions, startServer } from "./server.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * const options: ServerOptions = { port: 0, hostname: "127.0.0.1", quiet: true, maxConnections: 100 };
- * await startServer(options).shutdown();
+ * const server = startServer(options);
+ * assertEquals(server.addr.hostname, "127.0.0.1");
+ * await server.shutdown();
  * ```
  */
 export interface ServerOptions extends ProtocolOptions {
@@ -63,9 +67,10 @@ export interface ServerOptions extends ProtocolOptions {
  * @example
  * ```ts
  * import { type BroadcastServer, startServer } from "./server.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * const server: BroadcastServer = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
- * console.log(server.users.size); // 0
+ * assertEquals(server.users.size, 0);
  * await server.shutdown();
  * ```
  */
@@ -150,6 +155,7 @@ class FullHandler extends Protocol {
  * @example
  * ```ts
  * import { startServer } from "./server.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
  * const socket = new WebSocket(`ws://127.0.0.1:${server.addr.port}/`);
@@ -157,7 +163,7 @@ class FullHandler extends Protocol {
  *   socket.onopen = () => socket.send("hello");
  *   socket.onmessage = (event) => resolve(event.data);
  * });
- * console.log(message); // "hello"
+ * assertEquals(message, "hello"); // the sender gets its own broadcast too
  * socket.close();
  * await server.shutdown();
  * ```
@@ -230,8 +236,11 @@ Options:
  * @example
  * ```ts
  * import { parseServerArgs } from "./server.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
  *
- * console.log(parseServerArgs(["8080", "--quiet"])); // { port: 8080, quiet: true, ... }
+ * assertEquals(parseServerArgs(["8080", "--quiet"]), { port: 8080, quiet: true, verbose: false, page: true });
+ * assertEquals(parseServerArgs(["--help"]), undefined);
+ * assertThrows(() => parseServerArgs(["--max-payload", "0"]), Error, "--max-payload");
  * ```
  *
  * @param args The arguments, as `Deno.args`.
