@@ -3,9 +3,10 @@
  * connection drives a `Deno.Conn` (TCP or TLS) through the opening handshake, frame
  * dispatch and the closing handshake, and calls back into your subclass.
  *
- * @example An echo server
- * ```ts ignore
+ * @example An echo server, and a client of it
+ * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * class Echo extends Protocol {
  *   override onMessage(msg: string | Uint8Array) {
@@ -13,7 +14,26 @@
  *   }
  * }
  * const users = new Map<string, Protocol>();
- * for await (const conn of Deno.listen({ port: 9999 })) new Echo(users).serve(conn);
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 }); // port 9999 in real life
+ * const serving = (async () => {
+ *   for await (const conn of listener) await new Echo(users).serve(conn);
+ * })();
+ *
+ * const echoed = Promise.withResolvers<string | Uint8Array>();
+ * const timeout = AbortSignal.timeout(5000);
+ * timeout.onabort = () => echoed.reject(timeout.reason);
+ * class Client extends Protocol {
+ *   override onMessage(msg: string | Uint8Array) {
+ *     echoed.resolve(msg);
+ *     this.close();
+ *   }
+ * }
+ * const client = await Client.connect(`ws://127.0.0.1:${listener.addr.port}/`);
+ * await client.sendMessage("hello");
+ * assertEquals(await echoed.promise, "hello");
+ * listener.close();
+ * await serving.catch(() => {}); // the listener's loop ends once the connection has
+ * assertEquals(client.closeCode, 1000);
  * ```
  *
  * @module
@@ -34,8 +54,11 @@ export { computeAcceptKey, type HandshakeRequest, type HttpResponse };
  * ```ts
  * import { Protocol, type ProtocolOptions } from "./protocol.ts";
  *
+ * import { assertEquals } from "@std/assert";
+ *
  * const options: ProtocolOptions = { maxPayload: 64 * 1024, allowedOrigins: ["https://example.com"] };
  * const handler = new Protocol(new Map(), options);
+ * assertEquals(handler.state, "connecting");
  * ```
  */
 export interface ProtocolOptions {
@@ -98,8 +121,9 @@ export interface ClientOptions extends ProtocolOptions {
  * @example
  * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * console.log(new Protocol().state); // "connecting"
+ * assertEquals(new Protocol().state, "connecting");
  * ```
  */
 export type ConnectionState = "connecting" | "open" | "closing" | "closed";
@@ -109,10 +133,17 @@ export type ConnectionState = "connecting" | "open" | "closing" | "closed";
  * `Deno.TlsConn` both fit, and so does an in-memory stand-in for tests.
  *
  * @example
- * ```ts ignore
- * import { type Connection, Protocol } from "./protocol.ts";
+ * ```ts
+ * import type { Connection } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * const conn: Connection = await Deno.connect({ port: 9999 });
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const conn: Connection = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const accepted = await listener.accept();
+ * assertEquals(await conn.write(new Uint8Array([1, 2])), 2);
+ * conn.close();
+ * accepted.close();
+ * listener.close();
  * ```
  */
 export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrite">;
@@ -122,19 +153,48 @@ export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrit
  * build one per connection with the shared `users` map, then `serve(conn)`.
  *
  * @example A broadcast handler in the TwistedWebsocket style
- * ```ts ignore
+ * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
+ * const origins: string[] = [];
  * class Handler extends Protocol {
  *   override onHandshake(header: string) {
- *     console.log(`[HANDSHAKE] ${this.id} origin: ${/Origin\s*:\s*(\S+)/i.exec(header)?.[1]}`);
+ *     origins.push(/^Origin\s*:\s*(\S+)/im.exec(header)?.[1] ?? "(none)");
  *   }
  *   override onMessage(msg: string | Uint8Array) {
  *     Protocol.broadcast(this.users.values(), msg);
  *   }
  * }
  * const users = new Map<string, Protocol>();
- * for await (const conn of Deno.listen({ port: 9999 })) new Handler(users).serve(conn);
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 }); // port 9999 in real life
+ * const served: Promise<void>[] = [];
+ * const accepting = (async () => {
+ *   for await (const conn of listener) served.push(new Handler(users).serve(conn));
+ * })();
+ *
+ * // Two clients; what one sends, both get.
+ * const url = `ws://127.0.0.1:${listener.addr.port}/`;
+ * const received: (string | Uint8Array)[] = [];
+ * const both = Promise.withResolvers<void>();
+ * AbortSignal.timeout(5000).onabort = () => both.reject(new Error("timed out"));
+ * class Client extends Protocol {
+ *   override onMessage(msg: string | Uint8Array) {
+ *     if (received.push(msg) === 2) both.resolve();
+ *   }
+ * }
+ * const alice = await Client.connect(url, { headers: { Origin: "http://example.com" } });
+ * const bob = await Client.connect(url);
+ * while (users.size < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+ * await alice.sendMessage("hi all");
+ * await both.promise;
+ * assertEquals(received, ["hi all", "hi all"]);
+ * assertEquals(origins, ["http://example.com", "(none)"]);
+ * alice.close();
+ * bob.close();
+ * listener.close();
+ * await accepting;
+ * await Promise.all(served);
  * ```
  */
 export class Protocol {
@@ -250,6 +310,7 @@ export class Protocol {
    *
    * @example
    * ```ts ignore
+   * // A line of a handler's method (`this` is the connection); the module's example runs sendMessage.
    * const written = await this.sendMessage("hello"); // false if the connection is closed
    * ```
    *
@@ -300,6 +361,7 @@ export class Protocol {
    *
    * @example
    * ```ts ignore
+   * // A line of a handler's onConnect (`this` is the connection); the class example runs broadcast.
    * Protocol.broadcast(this.users.values(), `${this.id} connected`);
    * ```
    *
@@ -355,6 +417,7 @@ export class Protocol {
    *
    * @example
    * ```ts ignore
+   * // Needs a server on localhost:9999; the module's example connects to one of its own.
    * import { Protocol } from "./protocol.ts";
    *
    * class Printer extends Protocol {

@@ -159,9 +159,10 @@ class FullHandler extends Protocol {
  *
  * const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
  * const socket = new WebSocket(`ws://127.0.0.1:${server.addr.port}/`);
- * const message = await new Promise((resolve) => {
+ * const message = await new Promise((resolve, reject) => {
  *   socket.onopen = () => socket.send("hello");
  *   socket.onmessage = (event) => resolve(event.data);
+ *   AbortSignal.timeout(5000).onabort = () => reject(new Error("no broadcast within 5 s"));
  * });
  * assertEquals(message, "hello"); // the sender gets its own broadcast too
  * socket.close();
