@@ -319,7 +319,8 @@ export class Core {
         return;
       }
       const payload = buffered.subarray(headerLength, frameLength);
-      applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
+      // RFC 6455 5.1: only a client's frames are masked; a server's carry no key.
+      if (header.masked) applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
       this.#start += frameLength;
       if (opcode >= 0x8) {
         this.#control(opcode, payload);
@@ -334,7 +335,7 @@ export class Core {
   #startLarge(header: FrameHeader): void {
     this.#assembler.begin(header.opcode, header.fin, header.payloadLength);
     const payloadStart = this.#start + header.headerLength;
-    const maskKey = this.#buffer.slice(payloadStart - 4, payloadStart);
+    const maskKey = header.masked ? this.#buffer.slice(payloadStart - 4, payloadStart) : undefined;
     const arrived = this.#buffer.subarray(payloadStart, this.#end);
     const capacity = payloadCapacity(header.payloadLength, arrived.length, 0);
     // A text payload is garbage once decoded: it can go in the spare buffer.
@@ -350,7 +351,7 @@ export class Core {
   // handles the frame once it is whole; false while it is not.
   #receiveLarge(large: LargeFrame): boolean {
     const piece = large.payload.subarray(large.unmasked, large.received);
-    applyMask(piece, large.maskKey, large.unmasked);
+    if (large.maskKey) applyMask(piece, large.maskKey, large.unmasked);
     large.unmasked = large.received;
     // RFC 6455 8.1: invalid text fails as soon as it has arrived, not when the frame ends.
     if (large.text) this.#assembler.textPiece(piece);
@@ -498,7 +499,8 @@ const EMPTY = new Uint8Array(0);
 // A frame whose payload is read into a buffer of its own, and how much has arrived.
 interface LargeFrame {
   header: FrameHeader;
-  maskKey: Uint8Array;
+  /** The masking key of a client's frame; none for a server's. */
+  maskKey: Uint8Array | undefined;
   text: boolean;
   /** The payload's buffer: its declared length, or less while it grows with arrivals. */
   payload: Uint8Array;
