@@ -266,6 +266,33 @@ Deno.test({
   fn: () => runEchoScenario(pythonEchoServer),
 });
 
+Deno.test("interop: a Deno.serve server that closes as soon as the socket opens: connect resolves, then the code", async () => {
+  const closes = new Queue<number>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (request) => {
+    const { socket, response } = Deno.upgradeWebSocket(request);
+    socket.onopen = () => {
+      socket.send("welcome");
+      socket.close(4005, "go away");
+    };
+    socket.onclose = ({ code }) => closes.push(code);
+    return response;
+  });
+  const clients: Client[] = [];
+  try {
+    for (let i = 0; i < 5; i++) {
+      const client = await connect(`ws://127.0.0.1:${server.addr.port}/`);
+      clients.push(client);
+      await within(client.disconnected.promise, 2000, "the server's close");
+      assertEquals([client.messages, client.closeCode, client.closeReason], [["welcome"], 4005, "go away"]);
+      assertEquals(await closes.next(), 4005);
+    }
+  } finally {
+    await closeAll(clients);
+    await server.shutdown();
+  }
+  assertEquals(clients.map((client) => [client.connects, client.disconnects]), clients.map(() => [1, 1]));
+});
+
 Deno.test("interop: our broadcast server: notices, every message to every user, close, shutdown 1001", async () => {
   const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
   const url = `ws://127.0.0.1:${server.addr.port}/`;
@@ -1101,21 +1128,24 @@ Deno.test("raw: a close in the same write as the 101: connect resolves, the clos
   );
 });
 
-Deno.test("raw: a masked frame in the same write as the 101 is not delivered: close 1002", async () => {
+Deno.test("raw: a masked frame in the same write as the 101: connect resolves, not delivered, close 1002", async () => {
   let closeFrame: { code: number; reason: string } | undefined;
   let client: Client | undefined;
+  let error: unknown;
   await withRawServer(async (peer) => {
     const head = await peer.readHead();
     await peer.write(concat(await switching(head), encodeFrame(Opcode.Text, "masked", { mask: true })));
     closeFrame = await peer.readClose();
+    assertEquals(await peer.endsWithin(200), false, "the client closed TCP before the server");
   }, async (server) => {
     try {
       client = await connect(server.url);
       await within(client.disconnected.promise, TIMEOUT, "the close");
-    } catch {
-      // Rejecting is a fair answer too; the close frame is what the RFC asks for.
+    } catch (cause) {
+      error = cause;
     }
   });
   assertEquals(closeFrame?.code, 1002);
-  assertEquals(client?.messages ?? [], []);
+  assertEquals(error, undefined, "connect rejected although the handshake succeeded");
+  assertEquals([client?.messages, client?.closeCode, client?.connects, client?.disconnects], [[], 1002, 1, 1]);
 });
