@@ -103,6 +103,7 @@ export class Core {
   readonly heartbeatPeriod: number;
 
   #state: ConnectionState = "connecting";
+  #opened = false; // the handshake completed, whatever happened since
   #reading = true; // false once frames are no longer taken: closed, failed, or refused
   #answering = false; // the request head is in; waiting for accept(), reject() or respond()
   #events: CoreEvent[] = [];
@@ -134,6 +135,14 @@ export class Core {
 
   get state(): ConnectionState {
     return this.#state;
+  }
+
+  /**
+   * Whether the opening handshake completed. A client's answer may come with frames
+   * that close or fail the connection in the same read: it opened all the same.
+   */
+  get opened(): boolean {
+    return this.#opened;
   }
 
   /** Whether frames are still taken from the peer. */
@@ -275,6 +284,7 @@ export class Core {
 
   #open(now: number): void {
     this.#state = "open";
+    this.#opened = true;
     this.#lastSeen = now;
   }
 
