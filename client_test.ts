@@ -898,6 +898,20 @@ Deno.test("raw: answers the client refuses: wrong accept, 403, a redirect, unreq
   });
 });
 
+Deno.test("raw: an answer head over maxHeaderSize rejects, and says it is the answer", async () => {
+  await withRawServer(async (peer) => {
+    const head = await peer.readHead();
+    // The client may close (and reset) while this is being written.
+    await peer.write(await switching(head, [`X-Padding: ${"a".repeat(20_000)}`])).catch(() => {});
+    assertEquals(await peer.readFrame(), null);
+  }, async (server) => {
+    const error = await assertRejects(() => connect(server.url, { maxHeaderSize: 16 * 1024 }), ProtocolError);
+    assertEquals(error.code, "WS_ERR_HEAD_TOO_LARGE");
+    // Not "Request head": the client's own request was fine.
+    assertMatch(error.message, /^Handshake answer exceeds 16384 bytes$/);
+  });
+});
+
 Deno.test("raw: silence rejects after handshakeTimeout (300 ms), before the head and within it", async (t) => {
   const answers = ["", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"];
   const ended: number[] = [];
