@@ -251,10 +251,10 @@ export class Core {
     }
     if (headEnd < 0) {
       this.#searchFrom = Math.max(0, this.#end - 3);
-      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize);
+      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
       return;
     }
-    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize);
+    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
     const head = latin1.decode(buffer.subarray(0, headEnd));
     this.#start = headEnd + 4;
     if (this.#expected !== undefined) {
@@ -552,7 +552,9 @@ function giveSpare(buffer: Uint8Array): void {
   if (whole.length <= SPARE_LIMIT && whole.length > (spare?.length ?? 0)) spare = whole;
 }
 
-function headTooLarge(limit: number): ProtocolError {
+// A server answers 431; a client's error is about the answer it read, whose status it never got to.
+function headTooLarge(limit: number, client: boolean): ProtocolError {
+  if (client) return new ProtocolError(`Handshake answer exceeds ${limit} bytes`, { code: "WS_ERR_HEAD_TOO_LARGE" });
   return new ProtocolError(`Request head exceeds ${limit} bytes`, { status: 431, code: "WS_ERR_HEAD_TOO_LARGE" });
 }
 
