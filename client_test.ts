@@ -29,10 +29,11 @@ function connect(url: string, options: ClientOptions = {}): Promise<Client> {
 }
 
 /** Closes the clients still open and waits (bounded) for them to end; for finally blocks. */
-async function closeAll(clients: Protocol[]): Promise<void> {
+async function closeAll(clients: Recorder[]): Promise<void> {
   for (const client of clients) if (client.state === "open") client.close();
-  await within(Promise.all(clients.map((client) => (client as Recorder).disconnected.promise)), 6000, "clients to end")
-    .catch(() => {});
+  await within(Promise.all(clients.map((client) => client.disconnected.promise)), 6000, "clients to end").catch(
+    () => {},
+  );
 }
 
 /** A queue of events that a test waits on, each wait bounded. */
@@ -120,7 +121,7 @@ function denoEchoServer(tls?: { cert: string; key: string }): EchoServer {
   return {
     url: `${tls ? "wss" : "ws"}://127.0.0.1:${server.addr.port}/echo`,
     nextClose: () => closes.next("the server's close"),
-    stop: () => server.shutdown(),
+    stop: () => within(server.shutdown(), TIMEOUT, "Deno.serve to stop"),
   };
 }
 
@@ -288,7 +289,7 @@ Deno.test("interop: a Deno.serve server that closes as soon as the socket opens:
     }
   } finally {
     await closeAll(clients);
-    await server.shutdown();
+    await within(server.shutdown(), TIMEOUT, "Deno.serve to stop");
   }
   assertEquals(clients.map((client) => [client.connects, client.disconnects]), clients.map(() => [1, 1]));
 });
@@ -330,12 +331,12 @@ Deno.test("interop: our broadcast server: notices, every message to every user, 
     assertEquals([b.closeCode, b.disconnects, users.size], [1000, 1, 1]);
     assertEquals((await a.received(1 + sent.length + 200 + 3)).at(-1), `${bId} disconnected`);
 
-    await server.shutdown();
+    await within(server.shutdown(), TIMEOUT, "the shutdown");
     await within(a.disconnected.promise, 2000, "the shutdown");
     assertEquals([a.closeCode, a.closeReason, a.disconnects, users.size], [1001, "Server shutting down", 1, 0]);
   } finally {
     await closeAll(clients);
-    await server.shutdown();
+    await within(server.shutdown(), TIMEOUT, "the shutdown");
   }
   assertEquals(clients.map((client) => client.disconnects), [1, 1]);
 });
@@ -914,7 +915,7 @@ Deno.test("raw: an answer head over maxHeaderSize rejects, and says it is the an
 
 Deno.test("raw: silence rejects after handshakeTimeout (300 ms), before the head and within it", async (t) => {
   const answers = ["", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"];
-  const ended: number[] = [];
+  const ended = new Queue<number>();
   let current = "";
   await withRawServer(async (peer) => {
     await peer.readHead();
@@ -930,8 +931,7 @@ Deno.test("raw: silence rejects after handshakeTimeout (300 ms), before the head
         const elapsed = performance.now() - start;
         assertMatch(error.message, /300 ms/);
         assert(elapsed >= 290 && elapsed < 2000, `rejected after ${elapsed.toFixed(0)} ms`);
-        await within(waitFor(() => ended.length === server.accepted), TIMEOUT, "the server to see the end");
-        assert(ended.at(-1)! - start < 2000, "TCP closed late");
+        assert((await ended.next("the server to see the end")) - start < 2000, "TCP closed late");
       });
     }
   });
