@@ -103,6 +103,7 @@ export class Core {
   readonly heartbeatPeriod: number;
 
   #state: ConnectionState = "connecting";
+  #opened = false; // the handshake completed, whatever happened since
   #reading = true; // false once frames are no longer taken: closed, failed, or refused
   #answering = false; // the request head is in; waiting for accept(), reject() or respond()
   #taken = false; // #events were handed out by takeEvents
@@ -136,6 +137,14 @@ export class Core {
 
   get state(): ConnectionState {
     return this.#state;
+  }
+
+  /**
+   * Whether the opening handshake completed. A client's answer may come with frames
+   * that close or fail the connection in the same read: it opened all the same.
+   */
+  get opened(): boolean {
+    return this.#opened;
   }
 
   /** Whether frames are still taken from the peer. */
@@ -259,10 +268,10 @@ export class Core {
     }
     if (headEnd < 0) {
       this.#searchFrom = Math.max(0, this.#end - 3);
-      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize);
+      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
       return;
     }
-    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize);
+    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
     const head = latin1.decode(buffer.subarray(0, headEnd));
     this.#start = headEnd + 4;
     if (this.#expected !== undefined) {
@@ -292,6 +301,7 @@ export class Core {
 
   #open(now: number): void {
     this.#state = "open";
+    this.#opened = true;
     this.#lastSeen = now;
   }
 
@@ -341,7 +351,8 @@ export class Core {
         return;
       }
       const payload = buffered.subarray(headerLength, frameLength);
-      applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
+      // RFC 6455 5.1: only a client's frames are masked; a server's carry no key.
+      if (header.masked) applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
       this.#start += frameLength;
       if (opcode >= 0x8) {
         this.#control(opcode, payload);
@@ -356,7 +367,7 @@ export class Core {
   #startLarge(header: FrameHeader): void {
     this.#assembler.begin(header.opcode, header.fin, header.payloadLength);
     const payloadStart = this.#start + header.headerLength;
-    const maskKey = this.#buffer.slice(payloadStart - 4, payloadStart);
+    const maskKey = header.masked ? this.#buffer.slice(payloadStart - 4, payloadStart) : undefined;
     const arrived = this.#buffer.subarray(payloadStart, this.#end);
     const capacity = payloadCapacity(header.payloadLength, arrived.length, 0);
     // A text payload is garbage once decoded: it can go in the spare buffer.
@@ -372,7 +383,7 @@ export class Core {
   // handles the frame once it is whole; false while it is not.
   #receiveLarge(large: LargeFrame): boolean {
     const piece = large.payload.subarray(large.unmasked, large.received);
-    applyMask(piece, large.maskKey, large.unmasked);
+    if (large.maskKey) applyMask(piece, large.maskKey, large.unmasked);
     large.unmasked = large.received;
     // RFC 6455 8.1: invalid text fails as soon as it has arrived, not when the frame ends.
     if (large.text) this.#assembler.textPiece(piece);
@@ -520,7 +531,8 @@ const EMPTY = new Uint8Array(0);
 // A frame whose payload is read into a buffer of its own, and how much has arrived.
 interface LargeFrame {
   header: FrameHeader;
-  maskKey: Uint8Array;
+  /** The masking key of a client's frame; none for a server's. */
+  maskKey: Uint8Array | undefined;
   text: boolean;
   /** The payload's buffer: its declared length, or less while it grows with arrivals. */
   payload: Uint8Array;
@@ -562,7 +574,9 @@ function giveSpare(buffer: Uint8Array): void {
   if (whole.length <= SPARE_LIMIT && whole.length > (spare?.length ?? 0)) spare = whole;
 }
 
-function headTooLarge(limit: number): ProtocolError {
+// A server answers 431; a client's error is about the answer it read, whose status it never got to.
+function headTooLarge(limit: number, client: boolean): ProtocolError {
+  if (client) return new ProtocolError(`Handshake answer exceeds ${limit} bytes`, { code: "WS_ERR_HEAD_TOO_LARGE" });
   return new ProtocolError(`Request head exceeds ${limit} bytes`, { status: 431, code: "WS_ERR_HEAD_TOO_LARGE" });
 }
 

@@ -479,7 +479,9 @@ export class Protocol {
     } finally {
       clearTimeout(timer);
     }
-    if (core.state !== "open") {
+    // Frames that came with the answer may have closed it already: #run echoes their
+    // close (or sends the failure's) and waits for the server's FIN (RFC 6455 7.1.1).
+    if (!core.opened) {
       this.#abort();
       if (timedOut) throw new ProtocolError(`No handshake answer within ${core.options.handshakeTimeout} ms`);
       throw core.handshakeError ?? new ProtocolError("Connection closed before the handshake answer");
