@@ -242,7 +242,15 @@ export function requestHead(request: ClientRequest): Uint8Array {
     "Sec-WebSocket-Version: 13",
   ];
   if (request.protocols.length > 0) lines.push(`Sec-WebSocket-Protocol: ${request.protocols.join(", ")}`);
-  const reserved = new Set(["host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"]);
+  const reserved = new Set([
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol", // offered with `protocols`, so that the answer can be checked
+    "sec-websocket-extensions",
+  ]);
   for (const [name, value] of Object.entries(request.headers)) {
     if (reserved.has(name.toLowerCase())) throw new TypeError(`Header ${name} is set by the handshake`);
     if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n]/.test(value)) {

@@ -413,7 +413,10 @@ export class Protocol {
    * the handshake fails (its `status` is the server's answer: 403, or 101 with a
    * wrong accept key), or with the network's error; redirects are not followed.
    * Every frame is masked with a fresh random key; a masked frame from the server
-   * fails the connection with 1002.
+   * fails the connection with 1002. A server that closes right after the handshake
+   * gives a connection that is already closing or closed when this resolves (as in
+   * browsers). Failures without an answer have the codes `WS_ERR_HANDSHAKE_TIMEOUT` and
+   * `WS_ERR_HANDSHAKE_CLOSED`; their `status` (400) is not the server's.
    *
    * @example
    * ```ts ignore
@@ -483,8 +486,13 @@ export class Protocol {
     // close (or sends the failure's) and waits for the server's FIN (RFC 6455 7.1.1).
     if (!core.opened) {
       this.#abort();
-      if (timedOut) throw new ProtocolError(`No handshake answer within ${core.options.handshakeTimeout} ms`);
-      throw core.handshakeError ?? new ProtocolError("Connection closed before the handshake answer");
+      if (timedOut) {
+        throw new ProtocolError(`No handshake answer within ${core.options.handshakeTimeout} ms`, {
+          code: "WS_ERR_HANDSHAKE_TIMEOUT",
+        });
+      }
+      throw core.handshakeError ??
+        new ProtocolError("Connection closed before the handshake answer", { code: "WS_ERR_HANDSHAKE_CLOSED" });
     }
     this.protocol = core.protocol;
     this.#run();
