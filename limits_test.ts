@@ -148,7 +148,7 @@ Deno.test("heartbeat: pings come every pingInterval, not every idleTimeout, when
       await client.sendClose(1000);
     })();
     const { before } = await client.readUntilClose();
-    await sending;
+    await within(sending, 5000, "the sender to finish");
     const pings = before.filter((frame) => frame.opcode === Opcode.Ping).length;
     assert(pings >= 2 && pings <= 4, `${pings} pings in 1 s at pingInterval 300 ms`);
     assertEquals(handler.closeCode, 1000, "closed by the client, not for idleness");

@@ -552,8 +552,8 @@ Deno.test("API: sendMessage resolves true once written, false once closed", () =
     const client = await RawClient.open(server.port);
     const handler = await server.handler(0);
     await handler.connected.promise;
-    assertEquals(await handler.sendMessage("text"), true);
-    assertEquals(await handler.sendMessage(new Uint8Array([1, 2])), true);
+    assertEquals(await within(handler.sendMessage("text")), true);
+    assertEquals(await within(handler.sendMessage(new Uint8Array([1, 2]))), true);
     assertEquals((await client.readFrame())?.message(), "text");
     assertEquals((await client.readFrame())?.message(), new Uint8Array([1, 2]));
     await client.sendClose(1000);
