@@ -339,3 +339,42 @@ Deno.test("shell: a handshake callback that throws gets a 500 answer and a close
     });
   }
 });
+
+// Decides the handshake only when the test says so.
+class Deciding extends Recorder {
+  entered = Promise.withResolvers<void>();
+  decide = Promise.withResolvers<void>();
+  override async onHandshake(header: string): Promise<void> {
+    super.onHandshake(header);
+    this.entered.resolve();
+    await this.decide.promise;
+  }
+}
+
+Deno.test("shell: a handshake accepted after the connection was dropped (timeout, close()) is not answered, nothing logged", async (t) => {
+  const ways: [string, (handler: Deciding) => void, number][] = [
+    ["the handshake timeout fired", () => {}, 30],
+    ["close() was called", (handler) => handler.close(), 10_000],
+  ];
+  for (const [name, drop, handshakeTimeout] of ways) {
+    await t.step(name, async () => {
+      const originalError = console.error;
+      const logged: unknown[][] = [];
+      console.error = (...args: unknown[]) => logged.push(args);
+      try {
+        await withMemoryClient(async (client, handler, server) => {
+          await client.write(handshake());
+          await within(handler.entered.promise, 2000, "onHandshake");
+          drop(handler);
+          await client.expectEnd(2000);
+          handler.decide.resolve(); // onHandshake accepts, too late
+          await server.until(() => server.closed, "the server end to close");
+          assertEquals([handler.state, handler.disconnects, handler.users.size], ["closed", 0, 0]);
+        }, { handler: Deciding, open: false, options: { handshakeTimeout } });
+      } finally {
+        console.error = originalError;
+      }
+      assertEquals(logged.map((args) => args.join(" ")), []);
+    });
+  }
+});
