@@ -365,7 +365,10 @@ export class Protocol {
         throw new ProtocolError("Connection refused", { status: 403 });
       }
       this.protocol = selected ?? "";
-      core.accept(await computeAcceptKey(event.key), this.protocol, Date.now());
+      const accept = await computeAcceptKey(event.key);
+      // The handshake timeout or close() may have dropped the connection while we awaited.
+      if (core.state !== "connecting") return;
+      core.accept(accept, this.protocol, Date.now());
       this.#request = undefined;
     } catch (error) {
       if (!(error instanceof WebSocketError)) console.error(`[${this.id}] handshake callback failed:`, error);
