@@ -205,6 +205,35 @@ Deno.test("shell: a send whose write never completes resolves false when the con
     assertEquals(handler.disconnects, 1);
   }, { options: { closeTimeout: 100 } }));
 
+Deno.test("shell: a peer gone in the middle of a large write: the send resolves false, onDisconnect once, 1006", () =>
+  withMemoryClient(async (client, handler, server) => {
+    const written = handler.sendMessage(pattern(1 << 20));
+    await server.until(() => server.writes.length > 20, "the write to be under way");
+    client.close(); // the server's next write fails as on a reset socket
+    assertEquals(await within(written, 3000, "the send to resolve"), false);
+    await within(handler.disconnected.promise);
+    assert(server.bytesWritten < (1 << 20), "all of it was written");
+    assertEquals([handler.closeCode, handler.disconnects, handler.bufferedAmount], [1006, 1, 0]);
+  }, { conn: { writeLimit: 1000 } }));
+
+Deno.test("shell: ping() sends its data and resolves true once written; over 125 bytes throws; false once closed", () =>
+  withMemoryClient(async (client, handler) => {
+    const data = encoder.encode("are you there");
+    assertEquals(await within(handler.ping(data)), true);
+    const ping = await client.readFrame();
+    assertEquals([ping?.opcode, ping?.payload], [Opcode.Ping, data]);
+    let thrown: unknown;
+    try {
+      handler.ping(new Uint8Array(126));
+    } catch (error) {
+      thrown = error;
+    }
+    assert(thrown instanceof RangeError, `expected a RangeError, got ${thrown}`);
+    handler.close(1000);
+    assertEquals(await handler.ping(), false);
+    assertEquals((await client.readUntilClose()).before, []);
+  }));
+
 // ---------------------------------------------------------------- the closing handshake
 
 Deno.test("shell: close() writes its frame after queued data; closeWrite comes after the last byte of it, close after the peer's EOF", () =>
