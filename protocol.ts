@@ -551,7 +551,10 @@ export class Protocol {
       if ((await this.onHandshake(event.head)) === false) {
         throw new ProtocolError("Connection refused", { status: 403 });
       }
-      core.accept(await computeAcceptKey(event.key), selected ?? "", Date.now());
+      const accept = await computeAcceptKey(event.key);
+      // The handshake timeout or close() may have dropped the connection while we awaited.
+      if (core.state !== "connecting") return;
+      core.accept(accept, selected ?? "", Date.now());
       this.protocol = core.protocol;
       this.#request = undefined;
     } catch (error) {

@@ -53,7 +53,7 @@ function socketPeer(
     send: (text) => socket.send(text),
     sendBinary: (size) => socket.send(pattern(size)),
     close: (code, reason) => socket.close(code, reason),
-    done: () => closed,
+    done: () => within(closed, TIMEOUT, "the client to close"),
   };
 }
 
@@ -120,7 +120,7 @@ function pythonPeer(url: string): Peer {
     close: (code, reason) => command({ op: "close", code, reason }),
     async done() {
       await stdin.close().catch(() => {});
-      await reading;
+      await within(reading, TIMEOUT, "the python client's output to end");
       assertEquals((await within(child.status, TIMEOUT, "python client to exit")).code, 0);
     },
   };
@@ -382,17 +382,19 @@ Deno.test("chat page: GET / is the page, other paths 404, other methods 405, --n
   const plain = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, page: false });
   try {
     const base = `http://127.0.0.1:${server.addr.port}`;
-    const page = await fetch(`${base}/`);
+    // Each request, body included, is aborted after TIMEOUT rather than waited for.
+    const signal = AbortSignal.timeout(TIMEOUT);
+    const page = await fetch(`${base}/`, { signal });
     assertEquals(page.status, 200);
     assertEquals(page.headers.get("content-type"), "text/html; charset=utf-8");
     assertStringIncludes(await page.text(), "<!doctype html>");
-    const missing = await fetch(`${base}/other`);
+    const missing = await fetch(`${base}/other`, { signal });
     assertEquals(missing.status, 404);
     await missing.body?.cancel();
-    const post = await fetch(`${base}/`, { method: "POST", body: "x" });
+    const post = await fetch(`${base}/`, { method: "POST", body: "x", signal });
     assertEquals(post.status, 405);
     await post.body?.cancel();
-    const refused = await fetch(`http://127.0.0.1:${plain.addr.port}/`);
+    const refused = await fetch(`http://127.0.0.1:${plain.addr.port}/`, { signal });
     assertEquals(refused.status, 400);
     await refused.body?.cancel();
   } finally {
