@@ -869,6 +869,16 @@ Deno.test("heartbeat: tick() says ping every pingInterval and idle after idleTim
   assertEquals(decisions([6000, 9000]), [undefined, undefined]);
 });
 
+Deno.test("heartbeat: the first ping is due pingInterval after the open, not at the first tick", () => {
+  const core = makeCore({ pingInterval: 1000, idleTimeout: 5000 });
+  core.receiveData(utf8(handshake()), 10_000);
+  core.takeEvents();
+  core.accept(ACCEPT, "", 10_000);
+  // A shared timer ticks at its own phase: here 100 ms after this connection opened.
+  assertEquals(core.tick(10_100), undefined);
+  assertEquals(core.tick(11_100), "ping");
+});
+
 Deno.test("heartbeat: pings every pingInterval even when idleTimeout is shorter", () => {
   const core = openCore({ pingInterval: 300, idleTimeout: 100 });
   assertEquals(core.heartbeatPeriod, 100);
@@ -910,6 +920,14 @@ function declareLargeFrames(): { cores: Core[]; highest: number } {
   }
   return { cores, highest };
 }
+
+Deno.test("reserve: 20 connections declaring 16 MiB frames and sending nothing reserve at most 64 MiB in all", () => {
+  const start = reservedBytes();
+  const { cores, highest } = declareLargeFrames();
+  for (const core of cores) core.release();
+  assertEquals(reservedBytes(), start, "release() did not give the room back");
+  assert(highest <= RESERVE_LIMIT, `${highest - RESERVE_LIMIT} bytes reserved over the 64 MiB limit`);
+});
 
 Deno.test("reserve: past the limit a declared frame gets room only for what arrives, and still arrives whole", () => {
   const start = reservedBytes();
@@ -1028,4 +1046,75 @@ Deno.test("an unexpected exception while parsing the request head answers 500", 
   assertEquals(events.map((event) => event.type), ["error"]);
   assertEquals(httpAnswer(drain(core)).status, 500);
   assertEquals(core.state, "closed");
+});
+
+// ---------------------------------------------------------------- receiveData always returns
+
+/** What a body run in a worker gets: it cannot close over this module's imports. */
+interface WorkerKit {
+  Core: typeof Core;
+  resolveOptions: typeof resolveOptions;
+  handshake: typeof handshake;
+  ACCEPT: string;
+}
+
+/**
+ * Runs `body` in a worker, so that a call that never returns fails the test instead of
+ * hanging it: the body has 3 s from the moment the worker has loaded.
+ */
+async function returnsInWorker(body: (kit: WorkerKit) => void): Promise<string> {
+  // No type check for the worker's own module: the body was checked here.
+  const code = `// @ts-nocheck
+    import { Core, resolveOptions } from ${JSON.stringify(import.meta.resolve("./_core.ts"))};
+    import { ACCEPT, handshake } from ${JSON.stringify(import.meta.resolve("./test_util.ts"))};
+    self.postMessage("loaded");
+    try {
+      (${body.toString()})({ Core, resolveOptions, handshake, ACCEPT });
+      self.postMessage("returned");
+    } catch (error) {
+      self.postMessage("threw " + error);
+    }`;
+  const url = URL.createObjectURL(new Blob([code], { type: "application/javascript" }));
+  const worker = new Worker(url, { type: "module" });
+  const answer = Promise.withResolvers<string>();
+  let timer = setTimeout(() => answer.resolve("the worker did not load within 60 s"), 60_000);
+  worker.onmessage = (event) => {
+    if (event.data !== "loaded") return answer.resolve(event.data);
+    clearTimeout(timer);
+    timer = setTimeout(() => answer.resolve("did not return within 3 s"), 3000);
+  };
+  worker.onerror = (event) => {
+    event.preventDefault();
+    answer.resolve(`failed: ${event.message}`);
+  };
+  try {
+    return await answer.promise;
+  } finally {
+    clearTimeout(timer);
+    worker.terminate();
+    URL.revokeObjectURL(url);
+  }
+}
+
+Deno.test("receiveData returns when a peer keeps sending after the connection failed", async () => {
+  const result = await returnsInWorker(({ Core, resolveOptions, handshake, ACCEPT }) => {
+    const core = new Core(resolveOptions({}));
+    core.receiveData(new TextEncoder().encode(handshake()), 0);
+    core.accept(ACCEPT, "", 0);
+    core.receiveData(new Uint8Array([0xc1, 0x80, 1, 2, 3, 4]), 0); // RSV1: failed with 1002
+    if (core.state !== "closed") throw new Error("not failed");
+    core.receiveData(new Uint8Array(100 * 1024), 0);
+  });
+  assertEquals(result, "returned");
+});
+
+Deno.test("receiveData returns when a peer sends 100 KiB before the handshake is answered", async () => {
+  const result = await returnsInWorker(({ Core, resolveOptions, handshake }) => {
+    const core = new Core(resolveOptions({}));
+    const head = new TextEncoder().encode(handshake());
+    const bytes = new Uint8Array(head.length + 100 * 1024);
+    bytes.set(head);
+    core.receiveData(bytes, 0);
+  });
+  assert(result === "returned" || result.startsWith("threw"), result);
 });
