@@ -257,7 +257,7 @@ export class Core {
     this.outbox.pushControl(switchingProtocols(accept, protocol));
     this.#state = "open";
     this.#answering = false;
-    this.#lastSeen = now;
+    this.#lastSeen = this.#lastPing = now; // the first ping is due pingInterval after the open
     this.#parse();
   }
 
