@@ -604,6 +604,14 @@ function assertSameBytes(actual: Uint8Array, expected: Uint8Array): void {
   assertEquals(at, -1, `bytes differ from index ${at}`);
 }
 
+/** The bytes of a binary message event. */
+function binaryMessage(event: CoreEvent | undefined): Uint8Array {
+  if (event?.type !== "message" || !(event.data instanceof Uint8Array)) {
+    throw new Error(`expected a binary message, got ${event?.type}`);
+  }
+  return event.data;
+}
+
 Deno.test("maxFragments: a 4 MiB message in 65,537 frames (65,536 x 64 B and an empty final one) passes the defaults", () => {
   // Fault 2 of issue 9: this legitimate message was closed with 1009.
   const message = new Uint8Array(4 * MiB).map((_, i) => (i * 7 + (i >> 12)) & 255);
@@ -621,7 +629,7 @@ Deno.test("maxFragments: a 4 MiB message in 65,537 frames (65,536 x 64 B and an 
   const core = openCore();
   const events = feedInReads(core, stream, [64 * KiB]);
   assertEquals(events.map((event) => event.type), ["message"]);
-  assertSameBytes(events[0].type === "message" ? events[0].data as Uint8Array : new Uint8Array(0), message);
+  assertSameBytes(binaryMessage(events[0]), message);
   assertEquals(core.state, "open");
   assertEquals(core.outbox.next(), undefined);
 });
@@ -656,6 +664,48 @@ Deno.test("maxFragments: a flood of empty fragments is stopped with 1009 at the 
     1009,
   ]]);
   assertDeaf(core);
+});
+
+// ---------------------------------------------------------------- maxPayload
+
+Deno.test("maxPayload: fragments may sum to exactly the limit; control frames keep their 125 bytes under a smaller one", () => {
+  const core = openCore({ maxPayload: 10 });
+  const events = feed(core, [
+    concat(clientFrame(Opcode.Binary, new Uint8Array(4), false), clientFrame(Opcode.Continuation, new Uint8Array(6))),
+    clientFrame(Opcode.Ping, new Uint8Array(125)),
+    clientFrame(Opcode.Text, "0123456789"),
+  ]);
+  assertEquals(events, [
+    { type: "message", data: new Uint8Array(10) },
+    { type: "ping", data: new Uint8Array(125) },
+    { type: "message", data: "0123456789" },
+  ]);
+  assertEquals(core.state, "open");
+});
+
+// ---------------------------------------------------------------- large frames
+
+Deno.test("a large binary frame is read into its own buffer, unmasked as it arrives, and delivered as that buffer", () => {
+  const core = openCore();
+  const payload = new Uint8Array(100 * KiB).map((_, i) => i * 13);
+  const masked = maskedPayload(payload);
+  core.receiveData(concat(clientHeader(Opcode.Binary, payload.length), masked.subarray(0, 1000)), 0);
+  const target = core.readTarget();
+  // The rest of the payload goes straight into the buffer the message will be: no copy.
+  assertEquals(target.length, payload.length - 1000);
+  const buffer = target.buffer;
+  target.set(masked.subarray(1000, 50_000));
+  core.receive(49_000, 0);
+  assertSameBytes(new Uint8Array(buffer, 0, 50_000), payload.subarray(0, 50_000)); // unmasked already
+  assertEquals(core.takeEvents(), []);
+  const rest = core.readTarget();
+  assertStrictEquals(rest.buffer, buffer);
+  rest.set(masked.subarray(50_000));
+  core.receive(rest.length, 0);
+  const events = core.takeEvents();
+  assertEquals(events.length, 1);
+  assertStrictEquals(binaryMessage(events[0]).buffer, buffer);
+  assertSameBytes(binaryMessage(events[0]), payload);
 });
 
 // ---------------------------------------------------------------- RFC 6455 8.1: UTF-8 as it arrives
@@ -942,7 +992,7 @@ Deno.test("reserve: past the limit a declared frame gets room only for what arri
   const last = cores.at(-1)!;
   const events = feedInReads(last, maskedPayload(payload), [64 * KiB]);
   assertEquals(events.length, 1);
-  assertSameBytes(events[0].type === "message" ? events[0].data as Uint8Array : new Uint8Array(0), payload);
+  assertSameBytes(binaryMessage(events[0]), payload);
   for (const core of cores) core.release();
   assertEquals(reservedBytes(), start, "release() did not give the room back");
 });
