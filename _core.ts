@@ -106,7 +106,6 @@ export class Core {
   #opened = false; // the handshake completed, whatever happened since
   #reading = true; // false once frames are no longer taken: closed, failed, or refused
   #answering = false; // the request head is in; waiting for accept(), reject() or respond()
-  #taken = false; // #events were handed out by takeEvents
   #held = false; // a close frame waits in the buffer for the messages before it to be taken
   #events: CoreEvent[] = [];
   #assembler: MessageAssembler;
@@ -155,22 +154,15 @@ export class Core {
   /**
    * The events since the last call. Call it until it returns none: a close frame
    * waits until the messages before it are taken, so that they can still be answered.
-   * The array is reused: done with once this is called again.
    */
   takeEvents(): CoreEvent[] {
-    this.#dropTaken();
     if (this.#events.length === 0 && this.#held) {
       this.#held = false;
       this.#parse();
     }
-    this.#taken = this.#events.length > 0;
-    return this.#events;
-  }
-
-  #dropTaken(): void {
-    if (!this.#taken) return;
-    this.#events.length = 0;
-    this.#taken = false;
+    const events = this.#events;
+    if (events.length > 0) this.#events = [];
+    return events;
   }
 
   // --- Reading ---
@@ -199,7 +191,10 @@ export class Core {
   /** Bytes received, copied in: for tests and for callers with their own buffers. */
   receiveData(data: Uint8Array, now = 0): void {
     for (let offset = 0; offset < data.length;) {
+      // Once no more frames are taken, what arrives is dropped, as the shell stops reading.
+      if (this.#state === "closed") return;
       const target = this.readTarget();
+      if (target.length === 0) throw new RangeError("No room for more bytes until the handshake is answered");
       const count = Math.min(target.length, data.length - offset);
       target.set(data.subarray(offset, offset + count));
       offset += count;
@@ -236,7 +231,6 @@ export class Core {
   // The one catch site: a protocol violation fails the connection with its close code
   // (or, during the handshake, its HTTP status); anything else is a bug, 1011 or 500.
   #parse(): void {
-    this.#dropTaken();
     try {
       if (this.#state === "connecting") this.#parseHead();
       // A client's answer may come with the first frames.
@@ -302,7 +296,7 @@ export class Core {
   #open(now: number): void {
     this.#state = "open";
     this.#opened = true;
-    this.#lastSeen = now;
+    this.#lastSeen = this.#lastPing = now; // the first ping is due pingInterval after the open
   }
 
   /**
@@ -369,12 +363,13 @@ export class Core {
     const payloadStart = this.#start + header.headerLength;
     const maskKey = header.masked ? this.#buffer.slice(payloadStart - 4, payloadStart) : undefined;
     const arrived = this.#buffer.subarray(payloadStart, this.#end);
-    const capacity = payloadCapacity(header.payloadLength, arrived.length, 0);
+    const full = fitsReserve(header.payloadLength, arrived.length);
+    const capacity = full ? header.payloadLength : growthCapacity(header.payloadLength, arrived.length, 0);
     // A text payload is garbage once decoded: it can go in the spare buffer.
     const text = this.#assembler.text;
     const payload = text ? takeSpare(capacity) : new Uint8Array(capacity);
     payload.set(arrived);
-    this.#large = { header, maskKey, text, payload, received: arrived.length, unmasked: 0, reserved: 0 };
+    this.#large = { header, maskKey, text, payload, received: arrived.length, unmasked: 0, full, reserved: 0 };
     this.#start = this.#end = 0;
     this.#receiveLarge(this.#large);
   }
@@ -389,7 +384,10 @@ export class Core {
     if (large.text) this.#assembler.textPiece(piece);
     const { header } = large;
     if (large.received === large.payload.length && large.received < header.payloadLength) {
-      const grown = new Uint8Array(payloadCapacity(header.payloadLength, large.received, large.payload.length));
+      large.full = fitsReserve(header.payloadLength, large.received);
+      const grown = new Uint8Array(
+        large.full ? header.payloadLength : growthCapacity(header.payloadLength, large.received, large.payload.length),
+      );
       grown.set(large.payload);
       large.payload = grown;
     }
@@ -538,21 +536,27 @@ interface LargeFrame {
   payload: Uint8Array;
   received: number;
   unmasked: number;
-  /** Bytes of RESERVE_LIMIT this frame holds: room in `payload` not filled yet. */
+  /** Whether `payload` was allocated at its declared length, its room taken from the reserve. */
+  full: boolean;
+  /** Bytes of RESERVE_LIMIT this frame holds: room in a full `payload` not filled yet. */
   reserved: number;
 }
 
-// The size for a payload buffer of `length` bytes when `received` have arrived and the
-// buffer holds `current`: all of it if the reserve allows, else twice as much as now
-// (and always room for more).
-function payloadCapacity(length: number, received: number, current: number): number {
-  if (reserved + length - received <= RESERVE_LIMIT) return length;
+// Whether the reserve has room for the rest of a `length`-byte payload of which
+// `received` bytes have arrived: then its buffer is allocated at its declared length.
+function fitsReserve(length: number, received: number): boolean {
+  return reserved + length - received <= RESERVE_LIMIT;
+}
+
+// Past the reserve, a payload buffer holding `current` bytes grows to twice that (and
+// always by room for a read): its room is at most what has arrived, or 64 KiB.
+function growthCapacity(length: number, received: number, current: number): number {
   return Math.min(length, Math.max(2 * current, received + READ_BUFFER_MAX));
 }
 
-// Updates the reserve for the room left in a large frame's buffer.
+// Updates the reserve for the room left in a large frame's full-length buffer.
 function reserve(large: LargeFrame): void {
-  const room = large.payload.length - large.received;
+  const room = large.full ? large.payload.length - large.received : 0;
   reserved += room - large.reserved;
   large.reserved = room;
 }

@@ -64,7 +64,8 @@ function feedSplit(core: Core, bytes: Uint8Array, cuts: number[]): CoreEvent[] {
       offset += count;
       core.receive(count, 0);
     }
-    events.push(...core.takeEvents());
+    // A close waits for the messages before it to be taken: take until there are none.
+    for (let taken = core.takeEvents(); taken.length > 0; taken = core.takeEvents()) events.push(...taken);
     start = end;
   }
   return events;
