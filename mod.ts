@@ -20,3 +20,4 @@
 export * from "./errors.ts";
 export * from "./frame.ts";
 export * from "./protocol.ts";
+export * from "./bus.ts";
