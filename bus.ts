@@ -161,6 +161,7 @@ export interface BusMessage {
  * ```
  */
 export class BusMessageError extends Error {
+  /** `"BusMessageError"`. */
   override name = "BusMessageError";
 }
 
@@ -408,7 +409,11 @@ export class LocalBus extends EncodedBus {
   static #groups = new Map<string, Set<LocalBus>>();
   readonly #name: string;
 
-  /** @param name Buses of the same name are joined (default `"twistedws"`). */
+  /**
+   * Makes a bus joined to the others of its name in this realm.
+   *
+   * @param name Buses of the same name are joined (default `"twistedws"`).
+   */
   constructor(name = "twistedws") {
     super();
     this.#name = name;
@@ -417,12 +422,14 @@ export class LocalBus extends EncodedBus {
     group.add(this);
   }
 
+  /** Hands the bytes to the other buses of the name, each in a microtask. */
   protected send(bytes: Uint8Array): void {
     for (const peer of LocalBus.#groups.get(this.#name) ?? []) {
       if (peer !== this) queueMicrotask(() => peer.receive(bytes));
     }
   }
 
+  /** Leaves the group of the name. */
   protected stop(): Promise<void> {
     const group = LocalBus.#groups.get(this.#name);
     group?.delete(this);
@@ -454,7 +461,11 @@ export class LocalBus extends EncodedBus {
 export class ChannelBus extends EncodedBus {
   readonly #channel: BroadcastChannel;
 
-  /** @param name Buses of the same name are joined (default `"twistedws"`). */
+  /**
+   * Makes a bus joined to the others of its name in this process's workers.
+   *
+   * @param name The `BroadcastChannel`'s name (default `"twistedws"`).
+   */
   constructor(name = "twistedws") {
     super();
     this.#channel = new BroadcastChannel(name);
@@ -462,10 +473,12 @@ export class ChannelBus extends EncodedBus {
     this.#channel.onmessageerror = () => this.counters.undecodable++;
   }
 
+  /** Posts the bytes on the channel. */
   protected send(bytes: Uint8Array): void {
     this.#channel.postMessage(bytes);
   }
 
+  /** Closes the channel. */
   protected stop(): Promise<void> {
     this.#channel.close();
     return Promise.resolve();
