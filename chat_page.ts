@@ -6,7 +6,8 @@
 
 /**
  * A self-contained HTML chat client (no build step, no CDN) that connects back to
- * the host that served it, by ws: or wss: after the page's scheme. Messages are shown
+ * the host and path that served it (the path is the room), by ws: or wss: after the
+ * page's scheme. Messages are shown
  * as text (`textContent`), never as HTML.
  *
  * @example
@@ -44,7 +45,8 @@ export const CHAT_PAGE: string = `<!doctype html>
   const state = document.getElementById("state");
   const log = document.getElementById("log");
   const input = document.getElementById("text");
-  const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/");
+  // The room is the page's path: /lobby chats with the other clients of /lobby.
+  const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname);
   socket.binaryType = "arraybuffer";
   function show(text, className) {
     const item = document.createElement("li");
