@@ -136,7 +136,10 @@ export class RedisBus extends EncodedBus {
     try {
       await bus.#publisher.connect();
       await bus.#subscriber.connect();
-      await bus.#subscriber.subscribe(bus.#channel, (message: Buffer) => bus.receive(message), true);
+      await bus.#subscriber.subscribe(bus.#channel, (message: Buffer) => {
+        // A plain Uint8Array over the same bytes: binary messages are Uint8Arrays everywhere.
+        bus.receive(new Uint8Array(message.buffer, message.byteOffset, message.length));
+      }, true);
     } catch (error) {
       bus.#publisher.destroy();
       bus.#subscriber.destroy();
