@@ -13,6 +13,8 @@ export interface WorkerPoolOptions {
   init: (index: number) => Record<string, unknown>;
   /** Where the pool logs crashes and restarts. */
   log: (line: string) => void;
+  /** Called with the other messages a worker posts. */
+  onMessage?: (index: number, message: unknown) => void;
   /** Milliseconds before restarting a crashed worker (default 100; doubled while restarts keep failing, up to 5 s). */
   restartDelay?: number;
 }
@@ -76,7 +78,8 @@ export class WorkerPool {
     this.#workers[index] = worker;
     worker.onmessage = (event) => {
       if (event.data?.type === "ready") ready.resolve();
-      if (event.data?.type === "fatal") ready.reject(new Error(String(event.data.message)));
+      else if (event.data?.type === "fatal") ready.reject(new Error(String(event.data.message)));
+      else this.#options.onMessage?.(index, event.data);
     };
     // An uncaught error ends the worker: replace it, and keep the others serving.
     worker.onerror = (event) => {
