@@ -1,7 +1,10 @@
 // Workers for `server.ts --workers N`: N copies of one module, each in a Worker of this
 // process, restarted when one crashes. A worker speaks a small protocol with the pool:
-//   pool -> worker  { type: "start", ...init(index) }, later { type: "shutdown" }
+//   pool -> worker  { type: "start", ...init(index), peers }, later { type: "shutdown" }
 //   worker -> pool  { type: "ready" } or { type: "fatal", message }, later { type: "stopped" }
+// With `mesh`, every two workers share a MessageChannel: `peers` maps the index of each
+// other worker to this worker's port to it, and a worker (re)started later sends its
+// port to each of the others as { type: "peer", index, port }.
 
 /** Options of a {@linkcode WorkerPool}. */
 export interface WorkerPoolOptions {
@@ -13,6 +16,8 @@ export interface WorkerPoolOptions {
   init: (index: number) => Record<string, unknown>;
   /** Where the pool logs crashes and restarts. */
   log: (line: string) => void;
+  /** Give every two workers a MessageChannel between them (see the top of this file). */
+  mesh?: boolean;
   /** Called with the other messages a worker posts. */
   onMessage?: (index: number, message: unknown) => void;
   /** Milliseconds before restarting a crashed worker (default 100; doubled while restarts keep failing, up to 5 s). */
@@ -87,7 +92,16 @@ export class WorkerPool {
       ready.reject(new Error(event.message));
       this.#crashed(index, worker, event.message);
     };
-    worker.postMessage({ type: "start", ...this.#options.init(index) });
+    const peers: Record<string, MessagePort> = {};
+    if (this.#options.mesh) {
+      this.#workers.forEach((other, otherIndex) => {
+        if (other === undefined || other === worker) return;
+        const { port1, port2 } = new MessageChannel();
+        peers[otherIndex] = port1;
+        other.postMessage({ type: "peer", index: String(index), port: port2 }, [port2]);
+      });
+    }
+    worker.postMessage({ type: "start", ...this.#options.init(index), peers }, Object.values(peers));
     return ready.promise;
   }
 

@@ -2,8 +2,8 @@
  * Buses carry topic messages between the `users` maps of several workers or nodes, so
  * that `publish` reaches subscribers everywhere. A {@linkcode Bus} is small: publish to
  * the others, listen to them, counters, close. This module has two with no dependency:
- * {@linkcode LocalBus} (within one JavaScript realm) and {@linkcode ChannelBus}
- * (`BroadcastChannel`: across the workers of one process); `./redis` has `RedisBus`,
+ * {@linkcode LocalBus} (within one JavaScript realm) and {@linkcode PortBus}
+ * (`MessagePort`s: across the workers of one process); `./redis` has `RedisBus`,
  * across processes and machines. Without a bus, topics are local to one `users` map.
  *
  * Each bus drops the messages it published itself (they carry its node id), and the
@@ -58,7 +58,7 @@ export interface BusStats {
   readonly received: number;
   /** Times the bus connected again after losing its connection. */
   readonly reconnects: number;
-  /** Messages that arrived and did not decode (dropped). */
+  /** Packets (of one or more messages) that arrived and did not decode (dropped). */
   readonly undecodable: number;
 }
 
@@ -127,16 +127,15 @@ export function attachBus(users: Map<string, Protocol>, bus: Bus | undefined): v
 }
 
 /**
- * A message on a bus: its topic, the message (text or binary), and the node that
- * published it.
+ * A message on a bus: its topic and the message, text or binary.
  *
  * @example
  * ```ts
  * import { assertEquals } from "@std/assert";
- * import { type BusMessage, decodeBusMessage, encodeBusMessage } from "./bus.ts";
+ * import type { BusMessage } from "./bus.ts";
  *
- * const message: BusMessage = { topic: "/", msg: "hi", origin: crypto.randomUUID() };
- * assertEquals(decodeBusMessage(encodeBusMessage(message)), message);
+ * const message: BusMessage = { topic: "/lobby", msg: "hi" };
+ * assertEquals(message.topic, "/lobby");
  * ```
  */
 export interface BusMessage {
@@ -144,109 +143,160 @@ export interface BusMessage {
   topic: string;
   /** A string for text, bytes for binary. */
   msg: string | Uint8Array;
-  /** The publishing node's id, a UUID. */
-  origin: string;
 }
 
 /**
- * A bus message that does not decode: too short, another version, an unknown kind, a
- * topic past the end, or text that is not UTF-8.
+ * What a bus carries at once: one or more messages of one node, in the order published.
+ * Messages published in the same task go in one packet (one Redis command, one
+ * `postMessage`), which is what makes a bus cheap under load.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { type BusPacket, decodeBusPacket, encodeBusPacket } from "./bus.ts";
+ *
+ * const packet: BusPacket = { origin: crypto.randomUUID(), messages: [{ topic: "/", msg: "hi" }] };
+ * assertEquals(decodeBusPacket(encodeBusPacket(packet)), packet);
+ * ```
+ */
+export interface BusPacket {
+  /** The publishing node's id, a UUID. */
+  origin: string;
+  /** The messages, at least one. */
+  messages: BusMessage[];
+}
+
+/**
+ * A bus packet that does not decode: too short, another version, an unknown kind, a
+ * length past the end, or text that is not UTF-8.
  *
  * @example
  * ```ts
  * import { assertThrows } from "@std/assert";
- * import { BusMessageError, decodeBusMessage } from "./bus.ts";
+ * import { BusPacketError, decodeBusPacket } from "./bus.ts";
  *
- * assertThrows(() => decodeBusMessage(new Uint8Array(3)), BusMessageError, "got 3");
+ * assertThrows(() => decodeBusPacket(new Uint8Array(3)), BusPacketError, "got 3");
  * ```
  */
-export class BusMessageError extends Error {
-  /** `"BusMessageError"`. */
-  override name = "BusMessageError";
+export class BusPacketError extends Error {
+  /** `"BusPacketError"`. */
+  override name = "BusPacketError";
 }
 
-// Wire format of a bus message (all buses here use it; integers are big-endian):
+// Messages of one task are joined into a packet up to about this many payload bytes.
+const PACKET_LIMIT = 1024 * 1024;
+
+// Wire format of a bus packet (all buses here use it; integers are big-endian):
 //   0   1 byte    version, 1
-//   1   1 byte    kind: 1 text, 2 binary
-//   2   16 bytes  origin node id (the UUID's bytes)
-//   18  2 bytes   topic length N
-//   20  N bytes   topic, UTF-8
-//   20+N ...      payload: UTF-8 text or the binary message as it is
+//   1   16 bytes  origin node id (the UUID's bytes)
+//   17  ...       one or more messages, back to back, each:
+//                   1 byte   kind: 1 text, 2 binary
+//                   2 bytes  topic length N
+//                   4 bytes  payload length M
+//                   N bytes  topic, UTF-8
+//                   M bytes  payload: UTF-8 text, or the binary message as it is
 const VERSION = 1;
 const KIND_TEXT = 1;
 const KIND_BINARY = 2;
-const HEAD = 20;
+const PACKET_HEAD = 17;
+const MESSAGE_HEAD = 7;
 const encoder = new TextEncoder();
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
- * Encodes a bus message into one buffer of its own (see the wire format in bus.ts).
+ * Encodes a bus packet into one buffer of its own (see the wire format in bus.ts).
  *
  * @example
  * ```ts
  * import { assertEquals } from "@std/assert";
- * import { encodeBusMessage } from "./bus.ts";
+ * import { encodeBusPacket } from "./bus.ts";
  *
- * const bytes = encodeBusMessage({ topic: "/", msg: new Uint8Array([7]), origin: "00000000-0000-4000-8000-000000000000" });
- * assertEquals(bytes.length, 20 + 1 + 1);
- * assertEquals([bytes[0], bytes[1], bytes[18], bytes[19], bytes[20], bytes[21]], [1, 2, 0, 1, 0x2f, 7]);
+ * const origin = "00000000-0000-4000-8000-000000000000";
+ * const bytes = encodeBusPacket({ origin, messages: [{ topic: "/", msg: new Uint8Array([7]) }] });
+ * assertEquals(bytes.length, 17 + 7 + 1 + 1);
+ * assertEquals([...bytes.subarray(17)], [2, 0, 1, 0, 0, 0, 1, 0x2f, 7]);
  * ```
  *
- * @param message The message.
+ * @param packet The origin and the messages.
  * @returns The bytes.
- * @throws {RangeError} When the topic is over 65,535 bytes or the origin is not a UUID.
+ * @throws {RangeError} When a topic is over 65,535 bytes, the origin is not a UUID, or there is no message.
  */
-export function encodeBusMessage(message: BusMessage): Uint8Array {
-  const topic = encoder.encode(message.topic);
-  if (topic.length > 0xffff) throw new RangeError(`A bus topic must be at most 65535 bytes, got ${topic.length}`);
-  const text = typeof message.msg === "string";
-  const payload = typeof message.msg === "string" ? encoder.encode(message.msg) : message.msg;
-  const bytes = new Uint8Array(HEAD + topic.length + payload.length);
+export function encodeBusPacket(packet: BusPacket): Uint8Array {
+  if (packet.messages.length === 0) throw new RangeError("A bus packet needs at least one message");
+  const parts = packet.messages.map(({ topic, msg }) => {
+    const topicBytes = encoder.encode(topic);
+    if (topicBytes.length > 0xffff) {
+      throw new RangeError(`A bus topic must be at most 65535 bytes, got ${topicBytes.length}`);
+    }
+    return { text: typeof msg === "string", topicBytes, payload: typeof msg === "string" ? encoder.encode(msg) : msg };
+  });
+  let length = PACKET_HEAD;
+  for (const part of parts) length += MESSAGE_HEAD + part.topicBytes.length + part.payload.length;
+  const bytes = new Uint8Array(length);
+  const view = new DataView(bytes.buffer);
   bytes[0] = VERSION;
-  bytes[1] = text ? KIND_TEXT : KIND_BINARY;
-  bytes.set(uuidBytes(message.origin), 2);
-  bytes[18] = topic.length >> 8;
-  bytes[19] = topic.length & 0xff;
-  bytes.set(topic, HEAD);
-  bytes.set(payload, HEAD + topic.length);
+  bytes.set(uuidBytes(packet.origin), 1);
+  let offset = PACKET_HEAD;
+  for (const { text, topicBytes, payload } of parts) {
+    bytes[offset] = text ? KIND_TEXT : KIND_BINARY;
+    view.setUint16(offset + 1, topicBytes.length);
+    view.setUint32(offset + 3, payload.length);
+    bytes.set(topicBytes, offset + MESSAGE_HEAD);
+    bytes.set(payload, offset + MESSAGE_HEAD + topicBytes.length);
+    offset += MESSAGE_HEAD + topicBytes.length + payload.length;
+  }
   return bytes;
 }
 
 /**
- * Decodes a bus message. A binary message is a view into `bytes`.
+ * Decodes a bus packet, all of it or nothing. Binary messages are views into `bytes`.
  *
  * @example
  * ```ts
  * import { assertEquals } from "@std/assert";
- * import { decodeBusMessage, encodeBusMessage } from "./bus.ts";
+ * import { decodeBusPacket, encodeBusPacket } from "./bus.ts";
  *
  * const origin = crypto.randomUUID();
- * const decoded = decodeBusMessage(encodeBusMessage({ topic: "/lobby", msg: "héllo", origin }));
- * assertEquals(decoded, { topic: "/lobby", msg: "héllo", origin });
+ * const messages = [{ topic: "/lobby", msg: "héllo" }, { topic: "/", msg: new Uint8Array([1, 2]) }];
+ * assertEquals(decodeBusPacket(encodeBusPacket({ origin, messages })), { origin, messages });
  * ```
  *
- * @param bytes The bytes, as {@linkcode encodeBusMessage} made them.
- * @returns The message.
- * @throws {BusMessageError} When they do not decode.
+ * @param bytes The bytes, as {@linkcode encodeBusPacket} made them.
+ * @returns The packet.
+ * @throws {BusPacketError} When they do not decode.
  */
-export function decodeBusMessage(bytes: Uint8Array): BusMessage {
-  if (!(bytes instanceof Uint8Array)) throw new BusMessageError(`A bus message must be bytes, got ${typeof bytes}`);
-  if (bytes.length < HEAD) throw new BusMessageError(`A bus message has at least ${HEAD} bytes, got ${bytes.length}`);
-  if (bytes[0] !== VERSION) throw new BusMessageError(`Unknown bus message version ${bytes[0]}, expected ${VERSION}`);
-  const kind = bytes[1];
-  if (kind !== KIND_TEXT && kind !== KIND_BINARY) throw new BusMessageError(`Unknown bus message kind ${kind}`);
-  const topicEnd = HEAD + ((bytes[18] << 8) | bytes[19]);
-  if (topicEnd > bytes.length) {
-    throw new BusMessageError(`Bus message topic ends at byte ${topicEnd}, past its ${bytes.length} bytes`);
+export function decodeBusPacket(bytes: Uint8Array): BusPacket {
+  if (!(bytes instanceof Uint8Array)) throw new BusPacketError(`A bus packet must be bytes, got ${typeof bytes}`);
+  if (bytes.length < PACKET_HEAD + MESSAGE_HEAD) {
+    throw new BusPacketError(`A bus packet has at least ${PACKET_HEAD + MESSAGE_HEAD} bytes, got ${bytes.length}`);
   }
-  try {
-    const topic = strictUtf8.decode(bytes.subarray(HEAD, topicEnd));
-    const payload = bytes.subarray(topicEnd);
-    const msg = kind === KIND_TEXT ? strictUtf8.decode(payload) : payload;
-    return { topic, msg, origin: uuidString(bytes.subarray(2, 18)) };
-  } catch (cause) {
-    throw new BusMessageError("Bus message topic or text is not valid UTF-8", { cause });
+  if (bytes[0] !== VERSION) throw new BusPacketError(`Unknown bus packet version ${bytes[0]}, expected ${VERSION}`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const messages: BusMessage[] = [];
+  for (let offset = PACKET_HEAD; offset < bytes.length;) {
+    if (offset + MESSAGE_HEAD > bytes.length) {
+      throw new BusPacketError(`Bus packet ends inside a message head at byte ${offset} of ${bytes.length}`);
+    }
+    const kind = bytes[offset];
+    if (kind !== KIND_TEXT && kind !== KIND_BINARY) {
+      throw new BusPacketError(`Unknown bus message kind ${kind} at byte ${offset}`);
+    }
+    const topicStart = offset + MESSAGE_HEAD;
+    const payloadStart = topicStart + view.getUint16(offset + 1);
+    const end = payloadStart + view.getUint32(offset + 3);
+    if (end > bytes.length) {
+      throw new BusPacketError(`Bus message ends at byte ${end}, past the packet's ${bytes.length}`);
+    }
+    try {
+      const topic = strictUtf8.decode(bytes.subarray(topicStart, payloadStart));
+      const payload = bytes.subarray(payloadStart, end);
+      messages.push({ topic, msg: kind === KIND_TEXT ? strictUtf8.decode(payload) : payload });
+    } catch (cause) {
+      throw new BusPacketError(`Bus message at byte ${offset}: topic or text is not valid UTF-8`, { cause });
+    }
+    offset = end;
   }
+  return { origin: uuidString(bytes.subarray(1, PACKET_HEAD)), messages };
 }
 
 function uuidBytes(uuid: string): Uint8Array {
@@ -285,12 +335,12 @@ export class BusCounters implements BusStats {
   received = 0;
   /** Times the bus connected again after losing its connection. */
   reconnects = 0;
-  /** Messages that did not decode. */
+  /** Packets that did not decode. */
   undecodable = 0;
 }
 
 /**
- * The base of {@linkcode LocalBus} and {@linkcode ChannelBus}, and of `RedisBus`: a node id,
+ * The base of {@linkcode LocalBus} and {@linkcode PortBus}, and of `RedisBus`: a node id,
  * the wire format both ways, and the counters. A bus over another transport implements
  * `send` and `stop`, and calls `receive` with the bytes that arrive.
  *
@@ -310,7 +360,9 @@ export class BusCounters implements BusStats {
  * }
  * const bus = new LoopbackBus();
  * bus.publish("news", "hello");
- * assertEquals(bus.sent.length, 1);
+ * bus.publish("news", "again");
+ * await Promise.resolve(); // the packet goes once the task is done
+ * assertEquals(bus.sent.length, 1); // both messages in one packet
  * ```
  */
 export abstract class EncodedBus implements Bus {
@@ -319,6 +371,8 @@ export abstract class EncodedBus implements Bus {
   readonly #counters = new BusCounters();
   #handler: ((topic: string, msg: string | Uint8Array) => void) | undefined;
   #closed = false;
+  #pending: BusMessage[] = [];
+  #pendingBytes = 0;
 
   /** Counters and state. */
   get stats(): BusStats {
@@ -345,9 +399,23 @@ export abstract class EncodedBus implements Bus {
       this.#counters.unsent++;
       return false;
     }
-    this.send(encodeBusMessage({ topic, msg, origin: this.nodeId }));
+    // Joined with the others of this task into one packet, sent once the task is done
+    // (or at once past PACKET_LIMIT bytes).
+    this.#pending.push({ topic, msg });
+    this.#pendingBytes += typeof msg === "string" ? msg.length : msg.length;
     this.#counters.published++;
+    if (this.#pendingBytes >= PACKET_LIMIT) this.#flush();
+    else if (this.#pending.length === 1) queueMicrotask(() => this.#flush());
     return true;
+  }
+
+  #flush(): void {
+    if (this.#pending.length === 0) return;
+    const messages = this.#pending;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    if (this.#closed) return;
+    this.send(encodeBusPacket({ origin: this.nodeId, messages }), messages.length);
   }
 
   /** Sets the function given each message from another node, or removes it (`undefined`). */
@@ -355,33 +423,36 @@ export abstract class EncodedBus implements Bus {
     this.#handler = handler;
   }
 
-  /** Stops sending and receiving. */
+  /** Stops sending and receiving, after sending what was published. */
   close(): Promise<void> {
+    this.#flush();
     this.#closed = true;
     this.#counters.connected = false;
     this.#handler = undefined;
     return this.stop();
   }
 
-  /** Sends encoded bytes to the other nodes. */
-  protected abstract send(bytes: Uint8Array): void;
+  /** Sends an encoded packet of `count` messages to the other nodes. */
+  protected abstract send(bytes: Uint8Array, count: number): void;
 
   /** Releases the transport. */
   protected abstract stop(): Promise<void>;
 
-  /** Hands bytes that arrived to the listener, unless they are this node's own or do not decode. */
+  /** Hands the messages of a packet that arrived to the listener, unless it is this node's own or does not decode. */
   protected receive(bytes: unknown): void {
     if (this.#closed) return;
-    let message: BusMessage;
+    let packet: BusPacket;
     try {
-      message = decodeBusMessage(bytes as Uint8Array);
+      packet = decodeBusPacket(bytes as Uint8Array);
     } catch {
       this.#counters.undecodable++;
       return;
     }
-    if (message.origin === this.nodeId) return;
-    this.#counters.received++;
-    this.#handler?.(message.topic, message.msg);
+    if (packet.origin === this.nodeId) return;
+    for (const { topic, msg } of packet.messages) {
+      this.#counters.received++;
+      this.#handler?.(topic, msg);
+    }
   }
 }
 
@@ -439,17 +510,24 @@ export class LocalBus extends EncodedBus {
 }
 
 /**
- * A bus over a `BroadcastChannel`: joins every `ChannelBus` of the same name in the
- * workers of one process (as `server.ts --workers` does). Messages are copied between
- * workers as encoded bytes.
+ * A bus over `MessagePort`s, one to each peer: joins the workers of one process (as
+ * `server.ts --workers` does, each worker's bus with a port to every other). Messages
+ * are copied between workers as encoded bytes, in order on each port.
+ *
+ * Not a `BroadcastChannel`: Deno's keeps at most 256 messages for a receiver that lags
+ * and silently drops the rest (measured: a busy worker got 256 of 20,000), where a
+ * `MessagePort` queues them all.
  *
  * @example
  * ```ts
  * import { assertEquals } from "@std/assert";
- * import { ChannelBus } from "./bus.ts";
+ * import { PortBus } from "./bus.ts";
  *
- * const a = new ChannelBus("example-channel");
- * const b = new ChannelBus("example-channel");
+ * const { port1, port2 } = new MessageChannel();
+ * const a = new PortBus();
+ * const b = new PortBus();
+ * a.connect("b", port1);
+ * b.connect("a", port2);
  * const received = Promise.withResolvers<string | Uint8Array>();
  * b.listen((_topic, msg) => received.resolve(msg));
  * a.publish("news", new Uint8Array([1, 2, 3]));
@@ -458,29 +536,47 @@ export class LocalBus extends EncodedBus {
  * await b.close();
  * ```
  */
-export class ChannelBus extends EncodedBus {
-  readonly #channel: BroadcastChannel;
+export class PortBus extends EncodedBus {
+  readonly #ports = new Map<string, MessagePort>();
 
   /**
-   * Makes a bus joined to the others of its name in this process's workers.
+   * Adds a peer's port, or replaces the port a peer had (a worker that was restarted);
+   * the old one is closed.
    *
-   * @param name The `BroadcastChannel`'s name (default `"twistedws"`).
+   * @param peer The peer's name.
+   * @param port This side of a `MessageChannel` whose other side is the peer's bus.
    */
-  constructor(name = "twistedws") {
-    super();
-    this.#channel = new BroadcastChannel(name);
-    this.#channel.onmessage = (event) => this.receive(event.data);
-    this.#channel.onmessageerror = () => this.counters.undecodable++;
+  connect(peer: string, port: MessagePort): void {
+    this.#ports.get(peer)?.close();
+    this.#ports.set(peer, port);
+    port.onmessage = (event) => this.receive(event.data);
+    port.onmessageerror = () => this.counters.undecodable++;
   }
 
-  /** Posts the bytes on the channel. */
+  /**
+   * Removes a peer and closes its port.
+   *
+   * @param peer The peer's name.
+   */
+  disconnect(peer: string): void {
+    this.#ports.get(peer)?.close();
+    this.#ports.delete(peer);
+  }
+
+  /** The names of the peers. */
+  get peers(): string[] {
+    return [...this.#ports.keys()];
+  }
+
+  /** Posts the bytes to every peer. */
   protected send(bytes: Uint8Array): void {
-    this.#channel.postMessage(bytes);
+    for (const port of this.#ports.values()) port.postMessage(bytes);
   }
 
-  /** Closes the channel. */
+  /** Closes every port. */
   protected stop(): Promise<void> {
-    this.#channel.close();
+    for (const port of this.#ports.values()) port.close();
+    this.#ports.clear();
     return Promise.resolve();
   }
 }

@@ -1,16 +1,8 @@
 // Buses without sockets: the wire format byte by byte, LocalBus within this realm, and
-// ChannelBus between this thread and a real Worker. Real Protocols over in-memory
+// PortBus within this thread and between it and a real Worker. Real Protocols over in-memory
 // connections are the subscribers.
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import {
-  attachBus,
-  type Bus,
-  BusMessageError,
-  ChannelBus,
-  decodeBusMessage,
-  encodeBusMessage,
-  LocalBus,
-} from "./bus.ts";
+import { attachBus, type Bus, BusPacketError, decodeBusPacket, encodeBusPacket, LocalBus, PortBus } from "./bus.ts";
 import { Protocol } from "./protocol.ts";
 import { closeInMemory, openInMemory } from "./testdata/memory_conn.ts";
 import { within } from "./test_util.ts";
@@ -18,74 +10,81 @@ import { within } from "./test_util.ts";
 const OPTIONS = { pingInterval: 0, idleTimeout: 0, closeTimeout: 500 };
 const ORIGIN = "0123abcd-4567-4890-9abc-def012345678";
 
-Deno.test("bus wire format: the bytes of a text and a binary message", () => {
-  const text = encodeBusMessage({ topic: "/é", msg: "hi☃", origin: ORIGIN });
+Deno.test("bus wire format: the bytes of a packet of a text and a binary message", () => {
+  const bytes = encodeBusPacket({
+    origin: ORIGIN,
+    messages: [{ topic: "/é", msg: "hi☃" }, { topic: "", msg: new Uint8Array([0, 255]) }],
+  });
   assertEquals(
-    [...text],
+    [...bytes],
     [
       1, // version
-      1, // text
       ...[0x01, 0x23, 0xab, 0xcd, 0x45, 0x67, 0x48, 0x90, 0x9a, 0xbc, 0xde, 0xf0, 0x12, 0x34, 0x56, 0x78], // origin
-      0,
-      3, // topic length
-      0x2f,
-      0xc3,
-      0xa9, // "/é"
-      0x68,
-      0x69,
-      0xe2,
-      0x98,
-      0x83, // "hi☃"
+      1, // text
+      ...[0, 3], // topic length
+      ...[0, 0, 0, 5], // payload length
+      ...[0x2f, 0xc3, 0xa9], // "/é"
+      ...[0x68, 0x69, 0xe2, 0x98, 0x83], // "hi☃"
+      2, // binary
+      ...[0, 0],
+      ...[0, 0, 0, 2],
+      ...[0, 255],
     ],
   );
-  const binary = encodeBusMessage({ topic: "", msg: new Uint8Array([0, 255]), origin: ORIGIN });
-  assertEquals([...binary.subarray(0, 2)], [1, 2]);
-  assertEquals([...binary.subarray(18)], [0, 0, 0, 255]);
-  assertEquals(binary.byteOffset, 0);
-  assertEquals(binary.buffer.byteLength, binary.length); // a buffer of its own
+  assertEquals(bytes.byteOffset, 0);
+  assertEquals(bytes.buffer.byteLength, bytes.length); // a buffer of its own
 });
 
-Deno.test("bus wire format: round trips keep text, binary, empty and large messages", () => {
+Deno.test("bus wire format: round trips keep text, binary, empty and large messages, in order", () => {
   const large = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 7) % 256);
-  const cases = [
-    { topic: "/", msg: "", origin: ORIGIN },
-    { topic: "/", msg: new Uint8Array(0), origin: ORIGIN },
-    { topic: "/lobby", msg: "\uFEFFleading BOM kept, 😀", origin: ORIGIN },
-    { topic: "t".repeat(65_535), msg: large, origin: crypto.randomUUID() },
+  const messages = [
+    { topic: "/", msg: "" },
+    { topic: "/", msg: new Uint8Array(0) },
+    { topic: "/lobby", msg: "\uFEFFleading BOM kept, 😀" },
+    { topic: "t".repeat(65_535), msg: large },
   ];
-  for (const message of cases) assertEquals(decodeBusMessage(encodeBusMessage(message)), message);
+  for (const message of messages) {
+    assertEquals(decodeBusPacket(encodeBusPacket({ origin: ORIGIN, messages: [message] })).messages, [message]);
+  }
+  const origin = crypto.randomUUID();
+  assertEquals(decodeBusPacket(encodeBusPacket({ origin, messages })), { origin, messages });
   // Text and binary stay apart even when their bytes are equal.
-  assertEquals(typeof decodeBusMessage(encodeBusMessage({ topic: "", msg: "ab", origin: ORIGIN })).msg, "string");
-  assert(
-    decodeBusMessage(encodeBusMessage({ topic: "", msg: new Uint8Array([97, 98]), origin: ORIGIN })).msg instanceof
-      Uint8Array,
-  );
+  const [text, binary] = decodeBusPacket(
+    encodeBusPacket({ origin, messages: [{ topic: "", msg: "ab" }, { topic: "", msg: new Uint8Array([97, 98]) }] }),
+  ).messages;
+  assertEquals(typeof text.msg, "string");
+  assert(binary.msg instanceof Uint8Array);
 });
 
 Deno.test("bus wire format: what does not encode or decode is refused with a precise error", () => {
-  assertThrows(
-    () => encodeBusMessage({ topic: "t".repeat(65_536), msg: "", origin: ORIGIN }),
-    RangeError,
-    "at most 65535 bytes, got 65536",
-  );
-  assertThrows(() => encodeBusMessage({ topic: "", msg: "", origin: "node-1" }), RangeError, "must be a UUID");
-  const good = encodeBusMessage({ topic: "ab", msg: "cd", origin: ORIGIN });
+  const encodeOne = (topic: string, origin = ORIGIN) => encodeBusPacket({ origin, messages: [{ topic, msg: "" }] });
+  assertThrows(() => encodeOne("t".repeat(65_536)), RangeError, "at most 65535 bytes, got 65536");
+  assertThrows(() => encodeOne("", "node-1"), RangeError, "must be a UUID");
+  assertThrows(() => encodeBusPacket({ origin: ORIGIN, messages: [] }), RangeError, "at least one message");
+  // 17 bytes of packet head, then kind, topic length 2, payload length 2, "ab", "cd".
+  const good = encodeBusPacket({ origin: ORIGIN, messages: [{ topic: "ab", msg: "cd" }] });
+  assertEquals(good.length, 28);
   const with_ = (index: number, value: number) => good.map((byte, i) => i === index ? value : byte);
   const cases: [unknown, string][] = [
     ["a string", "must be bytes, got string"],
-    [good.subarray(0, 19), "at least 20 bytes, got 19"],
-    [with_(0, 2), "Unknown bus message version 2"],
-    [with_(1, 0), "Unknown bus message kind 0"],
-    [with_(1, 9), "Unknown bus message kind 9"],
-    [with_(19, 5), "topic ends at byte 25, past its 24 bytes"],
-    [with_(20, 0xff), "not valid UTF-8"], // in the topic
-    [with_(23, 0xc3), "not valid UTF-8"], // a cut character in the text
+    [good.subarray(0, 23), "at least 24 bytes, got 23"],
+    [with_(0, 2), "Unknown bus packet version 2"],
+    [with_(17, 0), "Unknown bus message kind 0 at byte 17"],
+    [with_(17, 9), "Unknown bus message kind 9 at byte 17"],
+    [with_(19, 5), "Bus message ends at byte 31, past the packet's 28"], // topic length 5
+    [with_(23, 3), "Bus message ends at byte 29, past the packet's 28"], // payload length 3
+    [with_(24, 0xff), "not valid UTF-8"], // in the topic
+    [with_(27, 0xc3), "not valid UTF-8"], // a cut character in the text
+    [Uint8Array.of(...good, 1, 0), "ends inside a message head at byte 28 of 30"],
   ];
   for (const [bytes, message] of cases) {
-    assertThrows(() => decodeBusMessage(bytes as Uint8Array), BusMessageError, message);
+    assertThrows(() => decodeBusPacket(bytes as Uint8Array), BusPacketError, message);
   }
   // A binary payload is not checked: any bytes are a binary message.
-  assertEquals(decodeBusMessage(with_(1, 2).map((byte, i) => i === 23 ? 0xc3 : byte)).msg, new Uint8Array([99, 0xc3]));
+  assertEquals(
+    decodeBusPacket(with_(17, 2).map((byte, i) => i === 27 ? 0xc3 : byte)).messages[0].msg,
+    Uint8Array.of(99, 0xc3),
+  );
 });
 
 // Two users maps ("nodes"), each with a subscriber of "red", joined by two buses.
@@ -108,12 +107,18 @@ async function twoNodes(makeBus: () => Bus) {
   };
 }
 
-for (
-  const [name, makeBus] of [["LocalBus", () => new LocalBus("bus-test")], [
-    "ChannelBus",
-    () => new ChannelBus("bus-test"),
-  ]] as const
-) {
+// Two PortBuses joined by a MessageChannel, as two workers' are.
+function portBuses(): () => Bus {
+  const { port1, port2 } = new MessageChannel();
+  let made = 0;
+  return () => {
+    const bus = new PortBus();
+    bus.connect("peer", made++ === 0 ? port1 : port2);
+    return bus;
+  };
+}
+
+for (const [name, makeBus] of [["LocalBus", () => new LocalBus("bus-test")], ["PortBus", portBuses()]] as const) {
   Deno.test(`${name}: a publish reaches every node's subscribers exactly once, in order, unchanged`, async () => {
     const { nodes, open, close } = await twoNodes(makeBus);
     try {
@@ -141,10 +146,14 @@ Deno.test("LocalBus: buses of another name are another cluster; a closed bus sen
   const b = new LocalBus("cluster-b");
   const c = new LocalBus("cluster-a");
   const received: string[] = [];
+  const atC = Promise.withResolvers<void>();
   b.listen((_topic, msg) => received.push(`b ${msg}`));
-  c.listen((_topic, msg) => received.push(`c ${msg}`));
+  c.listen((_topic, msg) => {
+    received.push(`c ${msg}`);
+    atC.resolve();
+  });
   assertEquals(a.publish("t", "one"), true);
-  await Promise.resolve(); // LocalBus delivers in a microtask
+  await within(atC.promise, 1000, "the message at c"); // b would have had it in the same round
   assertEquals(received, ["c one"]);
   await a.close();
   assertEquals(a.publish("t", "two"), false);
@@ -154,9 +163,10 @@ Deno.test("LocalBus: buses of another name are another cluster; a closed bus sen
   await c.close();
 });
 
-Deno.test("ChannelBus: a bus drops its own messages when they come back", async () => {
-  const bus = new ChannelBus("bus-test-echo");
-  const raw = new BroadcastChannel("bus-test-echo");
+Deno.test("PortBus: a bus drops its own messages when they come back", async () => {
+  const { port1, port2 } = new MessageChannel();
+  const bus = new PortBus();
+  bus.connect("raw", port1);
   try {
     const received: (string | Uint8Array)[] = [];
     const marker = Promise.withResolvers<void>();
@@ -165,52 +175,93 @@ Deno.test("ChannelBus: a bus drops its own messages when they come back", async 
       if (msg === "marker") marker.resolve();
     });
     const own = Promise.withResolvers<Uint8Array>();
-    raw.onmessage = (event) => own.resolve(event.data);
+    port2.onmessage = (event) => own.resolve(event.data);
     bus.publish("t", "mine");
-    raw.postMessage(await within(own.promise, 2000, "the bus's bytes")); // as Redis hands a node its own publish
-    // From the same sender, so after it (BroadcastChannel keeps each sender's order).
-    raw.postMessage(encodeBusMessage({ topic: "t", msg: "marker", origin: crypto.randomUUID() }));
+    port2.postMessage(await within(own.promise, 2000, "the bus's bytes")); // as Redis hands a node its own publish
+    port2.postMessage(encodeBusPacket({ origin: crypto.randomUUID(), messages: [{ topic: "t", msg: "marker" }] }));
     await within(marker.promise, 2000, "the marker");
     assertEquals(received, ["marker"]);
     assertEquals(bus.stats.received, 1);
     assertEquals(bus.stats.undecodable, 0);
   } finally {
-    raw.close();
+    port2.close();
     await bus.close();
   }
 });
 
-Deno.test("ChannelBus: an undecodable message is dropped and counted; the next one still arrives", async () => {
-  const bus = new ChannelBus("bus-test-undecodable");
-  const raw = new BroadcastChannel("bus-test-undecodable");
-  const other = new ChannelBus("bus-test-undecodable");
+Deno.test("PortBus: an undecodable message is dropped and counted; the next one still arrives", async () => {
+  const { port1, port2 } = new MessageChannel();
+  const bus = new PortBus();
+  bus.connect("raw", port1);
   try {
     const received = Promise.withResolvers<string | Uint8Array>();
     bus.listen((_topic, msg) => received.resolve(msg));
-    raw.postMessage("not bytes");
-    raw.postMessage(new Uint8Array([1, 1, 2, 3]));
-    other.publish("t", "after the garbage");
+    port2.postMessage("not bytes");
+    port2.postMessage(new Uint8Array([1, 1, 2, 3]));
+    port2.postMessage(
+      encodeBusPacket({ origin: crypto.randomUUID(), messages: [{ topic: "t", msg: "after the garbage" }] }),
+    );
     assertEquals(await within(received.promise, 2000, "the good message"), "after the garbage");
     assertEquals(bus.stats.undecodable, 2);
     assertEquals(bus.stats.received, 1);
   } finally {
-    raw.close();
+    port2.close();
     await bus.close();
-    await other.close();
   }
 });
 
-Deno.test("ChannelBus: a real Worker's subscribers get this thread's publishes, and its publishes come back", async () => {
-  const name = `bus-test-worker-${crypto.randomUUID()}`;
-  const worker = new Worker(new URL("./testdata/channel_worker.ts", import.meta.url), { type: "module", name });
+Deno.test("PortBus: a lagging peer loses nothing (where a BroadcastChannel keeps 256)", async () => {
+  const { port1, port2 } = new MessageChannel();
+  const sender = new PortBus();
+  const receiver = new PortBus();
+  sender.connect("receiver", port1);
+  receiver.connect("sender", port2);
+  try {
+    let count = 0;
+    const all = Promise.withResolvers<void>();
+    receiver.listen(() => ++count === 5000 && all.resolve());
+    // All queued in one task, before the receiver reads any.
+    for (let i = 0; i < 5000; i++) sender.publish("t", `m${i}`);
+    await within(all.promise, 5000, "5000 messages");
+    assertEquals(receiver.stats.received, 5000);
+  } finally {
+    await sender.close();
+    await receiver.close();
+  }
+});
+
+Deno.test("PortBus: connect replaces a peer's port; disconnect removes it", async () => {
+  const bus = new PortBus();
+  const first = new MessageChannel();
+  const second = new MessageChannel();
+  bus.connect("w1", first.port1);
+  bus.connect("w1", second.port1); // a restarted worker's new port
+  assertEquals(bus.peers, ["w1"]);
+  const got = Promise.withResolvers<unknown>();
+  second.port2.onmessage = (event) => got.resolve(event.data);
+  first.port2.onmessage = () => got.reject(new Error("the replaced port got a message"));
+  bus.publish("t", "x");
+  assert((await within(got.promise, 2000, "the message")) instanceof Uint8Array);
+  bus.disconnect("w1");
+  assertEquals(bus.peers, []);
+  first.port2.close();
+  second.port2.close();
+  await bus.close();
+});
+
+Deno.test("PortBus: a real Worker's subscribers get this thread's publishes, and its publishes come back", async () => {
+  const worker = new Worker(new URL("./testdata/port_worker.ts", import.meta.url), { type: "module" });
+  const { port1, port2 } = new MessageChannel();
   const users = new Map<string, Protocol>();
-  const bus = new ChannelBus(name);
+  const bus = new PortBus();
+  bus.connect("worker", port1);
   attachBus(users, bus);
   const subscriber = new Protocol(users, OPTIONS);
   const open = await openInMemory(subscriber);
   try {
     const ready = Promise.withResolvers<void>();
     worker.onmessage = () => ready.resolve();
+    worker.postMessage(port2, [port2]);
     await within(ready.promise, 10_000, "the worker");
     subscriber.subscribe("pong");
     const binary = Uint8Array.from({ length: 70_000 }, (_, i) => i % 253);

@@ -149,12 +149,12 @@ export class RedisBus extends EncodedBus {
     return bus;
   }
 
-  /** Sends encoded bytes on the channel; a publish that fails is counted as unsent. */
-  protected send(bytes: Uint8Array): void {
+  /** Sends a packet on the channel; if the publish fails, its messages count as unsent. */
+  protected send(bytes: Uint8Array, count: number): void {
     const message = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
     this.#publisher.publish(this.#channel, message).catch(() => {
-      this.counters.published--;
-      this.counters.unsent++;
+      this.counters.published -= count;
+      this.counters.unsent += count;
     });
   }
 

@@ -1,7 +1,7 @@
 // Topics across nodes over a real redis-server (Debian's), started on a free loopback
 // port by each test: RedisBus on its own, then two server.ts processes with real clients.
 import { assert, assertEquals, assertMatch, assertRejects, assertStringIncludes } from "@std/assert";
-import { encodeBusMessage } from "./bus.ts";
+import { encodeBusPacket } from "./bus.ts";
 import { RedisBus } from "./redis.ts";
 import {
   cleanUp,
@@ -50,7 +50,7 @@ Deno.test({
       await rawPublish(
         redis.port,
         "twistedws",
-        encodeBusMessage({ topic: "/", msg: "", origin: crypto.randomUUID() }).subarray(0, 19),
+        encodeBusPacket({ origin: crypto.randomUUID(), messages: [{ topic: "/", msg: "" }] }).subarray(0, 19),
       );
       assertEquals(b.publish("/", "from b"), true);
       await until(() => gotB.length === 2 && gotA.length === 1, "both messages");

@@ -63,7 +63,7 @@ export interface ServerOptions extends ProtocolOptions {
   /** Most connections at once, handshakes included (default unlimited); past it: 503. */
   maxConnections?: number;
   /**
-   * The bus that joins this server's rooms to other workers or nodes (`ChannelBus`,
+   * The bus that joins this server's rooms to other workers or nodes (`PortBus`,
    * `RedisBus`); default none: rooms are this server's. The server does not close it.
    */
   bus?: Bus;
@@ -427,7 +427,7 @@ async function serveOne(options: CommandLineOptions): Promise<void> {
 }
 
 // The command line with --workers: N workers on one port (SO_REUSEPORT), rooms joined
-// by a ChannelBus (or each worker's RedisBus).
+// by a PortBus (or each worker's RedisBus).
 async function serveWorkers(options: CommandLineOptions, count: number): Promise<void> {
   const log = options.quiet ? () => {} : console.log;
   const hostname = options.hostname ?? "0.0.0.0";
@@ -460,6 +460,7 @@ async function serveWorkers(options: CommandLineOptions, count: number): Promise
   const pool = new WorkerPool({
     module,
     count,
+    mesh: redis === undefined,
     init: (index) => ({ index, options: { ...serverOptions, port }, channel, redis }),
     log: console.log,
   });

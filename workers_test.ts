@@ -1,5 +1,5 @@
 // server.ts --workers: one port served by several workers, rooms across them over a
-// ChannelBus, shutdown on SIGTERM; and the pool's restart of a crashed worker.
+// PortBus, shutdown on SIGTERM; and the pool's restart of a crashed worker.
 import { assertEquals, assertStringIncludes } from "@std/assert";
 import { WorkerPool } from "./_workers.ts";
 import { cleanUp, type Client, Client as WsClient, ServerProcess } from "./testdata/cluster.ts";
@@ -70,7 +70,7 @@ Deno.test("workers: --workers without --unstable-net, or without -R, exits 2 and
   assertStringIncludes(read.stderr, "error: --workers needs read access");
 });
 
-Deno.test("workers: a crashed worker is restarted and logged; the others keep serving", async () => {
+Deno.test("workers: a crashed worker is restarted and logged, with new ports to the others; they keep serving", async () => {
   const lines: string[] = [];
   const logged = Promise.withResolvers<void>();
   let generation = 0;
@@ -85,6 +85,7 @@ Deno.test("workers: a crashed worker is restarted and logged; the others keep se
       if (/restarted$/.test(line)) logged.resolve();
     },
     restartDelay: 10,
+    mesh: true,
   });
   try {
     await pool.start();
@@ -95,15 +96,16 @@ Deno.test("workers: a crashed worker is restarted and logged; the others keep se
       "[WORKER] 1 restarted",
     ]);
     assertEquals(pool.restarts, 1);
-    // Worker 0 never stopped (its first start); worker 1 is a new one (a third start).
     const ping = (index: number) => {
       const answer = Promise.withResolvers<string>();
       pongs.push(answer.resolve);
       pool.post(index, { type: "ping" });
       return within(answer.promise, 2000, "a pong");
     };
-    assertEquals(await ping(0), "0:0");
-    assertEquals(await ping(1), "1:2");
+    // Worker 0 never stopped (its first start) and got a port to worker 1 each time that
+    // started; worker 1 is a new one (a third start) with a port to worker 0.
+    assertEquals(await ping(0), "0:0 peers 1,1");
+    assertEquals(await ping(1), "1:2 peers 0");
   } finally {
     await pool.shutdown(2000);
   }

@@ -92,6 +92,7 @@ export class Child {
 export class RedisServer {
   readonly port: number;
   #child: Child | undefined;
+  #cpus: string | undefined;
 
   private constructor(port: number) {
     this.port = port;
@@ -101,8 +102,10 @@ export class RedisServer {
     return `redis://127.0.0.1:${this.port}`;
   }
 
-  static async start(port = freePort()): Promise<RedisServer> {
+  /** Starts one; `cpus` pins it with taskset (`"1"`, `"0,1"`). */
+  static async start(port = freePort(), cpus?: string): Promise<RedisServer> {
     const server = new RedisServer(port);
+    server.#cpus = cpus;
     await server.restart();
     return server;
   }
@@ -110,7 +113,9 @@ export class RedisServer {
   /** Starts it (again, on the same port); resolves once it accepts connections. */
   async restart(): Promise<void> {
     const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
-    this.#child = new Child(REDIS_SERVER, args);
+    this.#child = this.#cpus === undefined
+      ? new Child(REDIS_SERVER, args)
+      : new Child("taskset", ["-c", this.#cpus, REDIS_SERVER, ...args]);
     await this.#child.stdout.waitFor(/Ready to accept connections/, 10_000);
   }
 
@@ -146,25 +151,20 @@ export async function rawPublish(port: number, channel: string, payload: Uint8Ar
 export class ServerProcess extends Child {
   readonly port: number;
 
-  private constructor(port: number, args: string[], denoFlags: string[]) {
-    super(Deno.execPath(), [
-      "run",
-      "-N",
-      "-E",
-      "-R",
-      ...denoFlags,
-      SERVER,
-      String(port),
-      "--hostname",
-      "127.0.0.1",
-      ...args,
-    ]);
+  private constructor(port: number, args: string[], denoFlags: string[], cpus?: string) {
+    const command = [Deno.execPath(), "run", "-N", "-E", "-R", ...denoFlags, SERVER, String(port)];
+    command.push("--hostname", "127.0.0.1", ...args);
+    if (cpus !== undefined) command.unshift("taskset", "-c", cpus);
+    super(command[0], command.slice(1));
     this.port = port;
   }
 
-  /** Starts `server.ts PORT --hostname 127.0.0.1 ...args`; resolves once it listens. */
-  static async start(args: string[] = [], denoFlags: string[] = []): Promise<ServerProcess> {
-    const server = new ServerProcess(freePort(), args, denoFlags);
+  /**
+   * Starts `server.ts PORT --hostname 127.0.0.1 ...args`; resolves once it listens.
+   * `cpus` pins it with taskset.
+   */
+  static async start(args: string[] = [], denoFlags: string[] = [], cpus?: string): Promise<ServerProcess> {
+    const server = new ServerProcess(freePort(), args, denoFlags, cpus);
     try {
       await server.stdout.waitFor(/^Listening on /);
     } catch (error) {

@@ -1,6 +1,7 @@
-// A worker for bus_test.ts: its own users map on a ChannelBus, with one subscriber of
-// "ping" over an in-memory connection; every message it gets is published back on "pong".
-import { attachBus, ChannelBus } from "../bus.ts";
+// A worker for bus_test.ts: its own users map on a PortBus (the port comes in the first
+// message), with one subscriber of "ping" over an in-memory connection; every message it
+// gets is published back on "pong".
+import { attachBus, PortBus } from "../bus.ts";
 import { Protocol } from "../protocol.ts";
 import { openInMemory } from "./memory_conn.ts";
 
@@ -11,8 +12,10 @@ class Relay extends Protocol {
 }
 
 const users = new Map<string, Protocol>();
-const bus = new ChannelBus((self as unknown as { name: string }).name);
+const bus = new PortBus();
 attachBus(users, bus);
+const port = await new Promise<MessagePort>((resolve) => self.onmessage = (event) => resolve(event.data));
+bus.connect("main", port);
 const relay = new Relay(users, { pingInterval: 0, idleTimeout: 0 });
 const { conn } = await openInMemory(relay);
 let relayed = 0;
