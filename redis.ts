@@ -59,7 +59,16 @@ export interface RedisBusOptions {
  * doubling, at most `maxReconnectDelay`, with jitter); once both are back, delivery
  * across nodes resumes by itself.
  *
- * @example
+ * @example Redis unreachable at the start: `connect` gives up after `connectTimeout`
+ * ```ts
+ * import { assertRejects } from "@std/assert";
+ * import { RedisBus } from "./redis.ts";
+ *
+ * // Nothing listens on port 1.
+ * await assertRejects(() => RedisBus.connect("redis://127.0.0.1:1", { connectTimeout: 200 }), Error, "cannot reach Redis");
+ * ```
+ *
+ * @example With a Redis
  * ```ts ignore
  * import { RedisBus } from "./redis.ts";
  *

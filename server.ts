@@ -462,7 +462,7 @@ async function serveWorkers(options: CommandLineOptions, count: number): Promise
     count,
     mesh: redis === undefined,
     init: (index) => ({ index, options: { ...serverOptions, port }, channel, redis }),
-    log: console.log,
+    log,
   });
   try {
     await pool.start();

@@ -1,6 +1,7 @@
 // server.ts --workers: one port served by several workers, rooms across them over a
 // PortBus, shutdown on SIGTERM; and the pool's restart of a crashed worker.
-import { assertEquals, assertStringIncludes } from "@std/assert";
+import { assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
+import { parseServerArgs } from "./server.ts";
 import { WorkerPool } from "./_workers.ts";
 import { cleanUp, type Client, Client as WsClient, ServerProcess } from "./testdata/cluster.ts";
 import { within } from "./test_util.ts";
@@ -51,6 +52,22 @@ Deno.test({
       await cleanUp(clients, [server]);
     }
   },
+});
+
+Deno.test("CLI: --redis, --workers and --metrics become options; bad values are refused", () => {
+  assertEquals(parseServerArgs(["--redis", "redis://127.0.0.1:6379", "--workers", "4", "--metrics"]), {
+    port: 9999,
+    quiet: false,
+    verbose: false,
+    page: true,
+    redis: "redis://127.0.0.1:6379",
+    workers: 4,
+    metrics: true,
+  });
+  assertThrows(() => parseServerArgs(["--redis", "http://127.0.0.1:6379"]), Error, "--redis must be a URL such as");
+  assertThrows(() => parseServerArgs(["--redis", "127.0.0.1:6379"]), Error, "--redis must be a URL such as");
+  assertThrows(() => parseServerArgs(["--workers", "0"]), Error, "--workers must be an integer from 1 to 256");
+  assertThrows(() => parseServerArgs(["--workers", "two"]), Error, "--workers must be an integer from 1 to 256");
 });
 
 Deno.test("workers: --workers without --unstable-net, or without -R, exits 2 and says why", async () => {
