@@ -368,6 +368,7 @@ export class BusCounters implements BusStats {
 export abstract class EncodedBus implements Bus {
   /** This node's id on the bus: messages it publishes carry it. */
   readonly nodeId: string = crypto.randomUUID();
+  readonly #nodeIdBytes = uuidBytes(this.nodeId);
   readonly #counters = new BusCounters();
   #handler: ((topic: string, msg: string | Uint8Array) => void) | undefined;
   #closed = false;
@@ -440,7 +441,7 @@ export abstract class EncodedBus implements Bus {
 
   /** Hands the messages of a packet that arrived to the listener, unless it is this node's own or does not decode. */
   protected receive(bytes: unknown): void {
-    if (this.#closed) return;
+    if (this.#closed || this.#isOwn(bytes)) return;
     let packet: BusPacket;
     try {
       packet = decodeBusPacket(bytes as Uint8Array);
@@ -448,11 +449,18 @@ export abstract class EncodedBus implements Bus {
       this.#counters.undecodable++;
       return;
     }
-    if (packet.origin === this.nodeId) return;
     for (const { topic, msg } of packet.messages) {
       this.#counters.received++;
       this.#handler?.(topic, msg);
     }
+  }
+
+  // This node's own packet, back from Redis (which hands a subscriber what it published):
+  // told by its origin bytes, before anything is decoded.
+  #isOwn(bytes: unknown): boolean {
+    if (!(bytes instanceof Uint8Array) || bytes.length < PACKET_HEAD || bytes[0] !== VERSION) return false;
+    for (let i = 0; i < 16; i++) if (bytes[1 + i] !== this.#nodeIdBytes[i]) return false;
+    return true;
   }
 }
 
