@@ -11,6 +11,7 @@ import {
   rawPublish,
   redisMissing,
   RedisServer,
+  runBounded,
   ServerProcess,
 } from "./testdata/cluster.ts";
 
@@ -261,23 +262,17 @@ Deno.test({
   ignore: redisMissing,
   async fn() {
     const port = freePort();
-    const output = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-N",
-        "-E",
-        new URL("./server.ts", import.meta.url).pathname,
-        "0",
-        "--redis",
-        `redis://127.0.0.1:${port}`,
-      ],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
+    const server = new URL("./server.ts", import.meta.url).pathname;
+    const output = await runBounded(Deno.execPath(), [
+      "run",
+      "-N",
+      "-E",
+      server,
+      "0",
+      "--redis",
+      `redis://127.0.0.1:${port}`,
+    ]);
     assertEquals(output.code, 1);
-    assertStringIncludes(
-      new TextDecoder().decode(output.stderr),
-      `error: cannot reach Redis at redis://127.0.0.1:${port}`,
-    );
+    assertStringIncludes(output.stderr, `error: cannot reach Redis at redis://127.0.0.1:${port}`);
   },
 });

@@ -3,7 +3,7 @@
 import { assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import { parseServerArgs } from "./server.ts";
 import { WorkerPool } from "./_workers.ts";
-import { cleanUp, type Client, Client as WsClient, ServerProcess } from "./testdata/cluster.ts";
+import { cleanUp, type Client, Client as WsClient, runBounded, ServerProcess } from "./testdata/cluster.ts";
 import { within } from "./test_util.ts";
 
 const SERVER = new URL("./server.ts", import.meta.url).pathname;
@@ -71,14 +71,7 @@ Deno.test("CLI: --redis, --workers and --metrics become options; bad values are 
 });
 
 Deno.test("workers: --workers without --unstable-net, or without -R, exits 2 and says why", async () => {
-  const run = async (flags: string[]) => {
-    const output = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-N", ...flags, SERVER, "0", "--workers", "2"],
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    return { code: output.code, stderr: new TextDecoder().decode(output.stderr) };
-  };
+  const run = (flags: string[]) => runBounded(Deno.execPath(), ["run", "-N", ...flags, SERVER, "0", "--workers", "2"]);
   const unstable = await run(["-R"]);
   assertEquals(unstable.code, 2);
   assertStringIncludes(unstable.stderr, "error: --workers needs --unstable-net");

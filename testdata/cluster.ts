@@ -249,3 +249,19 @@ export async function cleanUp(clients: Client[], processes: { stop(): Promise<un
   await Promise.all(clients.map((client) => client.close()));
   await Promise.all(processes.map((process) => process.stop()));
 }
+
+/** Runs a command to its end, killing it (SIGKILL, by PID) if it takes over `ms`. */
+export async function runBounded(
+  command: string,
+  args: string[],
+  ms = 20_000,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Child(command, args);
+  try {
+    const status = await within(child.process.status, ms, `${command} ${args.join(" ")}`);
+    await Promise.all([child.stdout.done, child.stderr.done]);
+    return { code: status.code, stdout: child.stdout.lines.join("\n"), stderr: child.stderr.lines.join("\n") };
+  } finally {
+    await child.stop("SIGKILL", 1000);
+  }
+}
