@@ -33,3 +33,4 @@
 export * from "./errors.ts";
 export * from "./frame.ts";
 export * from "./protocol.ts";
+export * from "./bus.ts";

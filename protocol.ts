@@ -44,8 +44,9 @@ import { Core, resolveOptions } from "./_core.ts";
 import { encodeMaskedMessage, encodeMessage } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import { CloseCode } from "./frame.ts";
+import { existingRegistry, type PublishOptions, registryOf, type TopicRegistry } from "./_topics.ts";
 
-export { computeAcceptKey, type HandshakeRequest, type HttpResponse };
+export { computeAcceptKey, type HandshakeRequest, type HttpResponse, type PublishOptions };
 
 /**
  * Limits and timers of a connection; every one has a safe default.
@@ -380,6 +381,120 @@ export class Protocol {
     return count;
   }
 
+  // --- Topics (publish/subscribe) ---------------------------------------------------
+  // The registry (_topics.ts) is one per `users` map, so connections sharing `users`
+  // share topics; a bus attached to it (bus.ts: attachBus) reaches other workers and
+  // nodes. Besides this block, the only line is in serve(): an ended connection leaves
+  // all its topics.
+
+  /**
+   * Subscribes this connection to a topic, in O(1). It stays subscribed until
+   * {@linkcode Protocol.prototype.unsubscribe} or until the connection ends.
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const user = new Protocol();
+   * assertEquals(user.subscribe("news"), true);
+   * assertEquals(user.subscribe("news"), false); // already subscribed
+   * assertEquals([...user.topics], ["news"]);
+   * ```
+   *
+   * @param topic Any string.
+   * @returns `false` if it was subscribed already, or the connection has ended.
+   */
+  subscribe(topic: string): boolean {
+    return this.state !== "closed" && Protocol.#topicsOf(this.users).subscribe(this, topic);
+  }
+
+  /**
+   * Unsubscribes this connection from a topic, in O(1).
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const user = new Protocol();
+   * user.subscribe("news");
+   * assertEquals(user.unsubscribe("news"), true);
+   * assertEquals(user.unsubscribe("news"), false);
+   * ```
+   *
+   * @param topic The topic.
+   * @returns `false` if it was not subscribed.
+   */
+  unsubscribe(topic: string): boolean {
+    return Protocol.#topicsOf(this.users).unsubscribe(this, topic);
+  }
+
+  /** A copy of the topics this connection is subscribed to. */
+  get topics(): ReadonlySet<string> {
+    return Protocol.#topicsOf(this.users).topicsOf(this);
+  }
+
+  /**
+   * Publishes a message to the open subscribers of a topic, encoding its frame once:
+   * to those on this `users` map now, and through the attached bus, if any, to those
+   * of other workers and nodes. This connection is left out unless
+   * `options.includeSelf` (its copy then goes last); it need not be subscribed. One
+   * publisher's messages reach each subscriber in the order they were published.
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const user = new Protocol();
+   * user.subscribe("news");
+   * // Not open yet, so no one queues it; an open subscriber would count.
+   * assertEquals(user.publish("news", "hello", { includeSelf: true }), 0);
+   * ```
+   *
+   * @param topic The topic.
+   * @param msg Text (a string) or binary (bytes).
+   * @param options Whether this connection gets it too.
+   * @returns How many local subscribers queued the message.
+   */
+  publish(topic: string, msg: string | Uint8Array, options: PublishOptions = {}): number {
+    return Protocol.#topicsOf(this.users).publish(topic, msg, this, options.includeSelf === true);
+  }
+
+  /**
+   * Publishes a message to every open subscriber of a topic among the connections
+   * sharing `users` (and, through the attached bus, on other workers and nodes), as a
+   * server would, not on behalf of a connection.
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const users = new Map<string, Protocol>();
+   * assertEquals(Protocol.publish(users, "news", "hello"), 0); // no one is subscribed
+   * ```
+   *
+   * @param users The shared map of connections.
+   * @param topic The topic.
+   * @param msg The message.
+   * @returns How many local subscribers queued the message.
+   */
+  static publish(users: Map<string, Protocol>, topic: string, msg: string | Uint8Array): number {
+    return Protocol.#topicsOf(users).publish(topic, msg);
+  }
+
+  static #topicsOf(users: Map<string, Protocol>): TopicRegistry<Protocol> {
+    return registryOf(users, Protocol.broadcast);
+  }
+
+  // An ended connection leaves all its topics.
+  #leaveTopics(): void {
+    existingRegistry<Protocol>(this.users)?.leaveAll(this);
+  }
+  // --- End of topics -------------------------------------------------------------------
+
   /**
    * Runs the connection until it ends: the handshake, then frames, then the close.
    * Never rejects; errors close the connection with the right code or status.
@@ -404,6 +519,7 @@ export class Protocol {
     }
     if (core.state === "open") return this.#run();
     await this.#finish();
+    this.#leaveTopics(); // subscribed before the handshake failed, perhaps
   }
 
   /**
@@ -511,6 +627,7 @@ export class Protocol {
       if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
     } finally {
       await this.#finish();
+      this.#leaveTopics();
       this.users.delete(this.id);
       this.#callback(() => this.onDisconnect());
     }

@@ -377,7 +377,7 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
 
 // ---------------------------------------------------------------- the chat page
 
-Deno.test("chat page: GET / is the page, other paths 404, other methods 405, --no-page 400", async () => {
+Deno.test("chat page: GET / and room paths are the page, file paths 404, other methods 405, --no-page 400", async () => {
   const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
   const plain = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, page: false });
   try {
@@ -388,7 +388,11 @@ Deno.test("chat page: GET / is the page, other paths 404, other methods 405, --n
     assertEquals(page.status, 200);
     assertEquals(page.headers.get("content-type"), "text/html; charset=utf-8");
     assertStringIncludes(await page.text(), "<!doctype html>");
-    const missing = await fetch(`${base}/other`, { signal });
+    // Rooms are paths: the page at /lobby joins room /lobby.
+    const room = await fetch(`${base}/lobby`, { signal });
+    assertEquals(room.status, 200);
+    assertStringIncludes(await room.text(), "location.pathname");
+    const missing = await fetch(`${base}/favicon.ico`, { signal });
     assertEquals(missing.status, 404);
     await missing.body?.cancel();
     const post = await fetch(`${base}/`, { method: "POST", body: "x", signal });
