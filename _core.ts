@@ -4,6 +4,7 @@
 // what the outbox hands out. Every rule here is testable with bytes alone.
 
 import {
+  checkResponse,
   checkUpgrade,
   type HandshakeRequest,
   type HttpResponse,
@@ -14,7 +15,7 @@ import {
 } from "./_http.ts";
 import { MessageAssembler } from "./_assembler.ts";
 import { negotiate, type PerMessageDeflate, resolveCompression, type ResolvedCompression } from "./_deflate.ts";
-import { type DataFrame, encodeMessage, Outbox, pooled } from "./_outbox.ts";
+import { type DataFrame, encodeControl, encodeMaskedMessage, encodeMessage, Outbox } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import {
   applyMask,
@@ -22,7 +23,6 @@ import {
   decodeClosePayload,
   decodeHeader,
   encodeClosePayload,
-  encodeFrame,
   type FrameHeader,
   Opcode,
 } from "./frame.ts";
@@ -97,15 +97,23 @@ export class Core {
   /** The closing handshake's code: the peer's, else the one sent, else 1006 (abnormal). */
   closeCode: number = CloseCode.AbnormalClosure;
   closeReason = "";
+  /** The subprotocol agreed on in the handshake, or "". */
+  protocol = "";
+  /** Why a client's handshake failed, once it has. */
+  handshakeError: WebSocketError | undefined;
   /** Milliseconds between heartbeat decisions: `tick()` is meant to run this often. */
   readonly heartbeatPeriod: number;
 
   #state: ConnectionState = "connecting";
+  #opened = false; // the handshake completed, whatever happened since
   #reading = true; // false once frames are no longer taken: closed, failed, or refused
   #answering = false; // the request head is in; waiting for accept(), reject() or respond()
+  #held = false; // a close frame waits in the buffer for the messages before it to be taken
   #events: CoreEvent[] = [];
   #assembler: MessageAssembler;
-  #masked: boolean;
+  #client: boolean;
+  // A client's request, until the answer is in: the accept key expected and the subprotocols offered.
+  #expected: { accept: string; protocols: readonly string[] } | undefined;
   #lastSeen = 0;
   #lastPing = -Infinity;
   // RFC 7692: the client's Sec-WebSocket-Extensions until accept(), then the extension in force.
@@ -124,8 +132,8 @@ export class Core {
 
   constructor(options: ResolvedOptions, role: Role = "server") {
     this.options = options;
-    this.#masked = role === "server";
-    this.outbox = new Outbox(options.maxBackpressure);
+    this.#client = role === "client";
+    this.outbox = new Outbox(options.maxBackpressure, this.#client);
     this.#assembler = new MessageAssembler(options.maxPayload, options.maxFragments);
     const { pingInterval, idleTimeout } = options;
     this.heartbeatPeriod = Math.min(pingInterval || Infinity, idleTimeout || Infinity);
@@ -135,13 +143,28 @@ export class Core {
     return this.#state;
   }
 
+  /**
+   * Whether the opening handshake completed. A client's answer may come with frames
+   * that close or fail the connection in the same read: it opened all the same.
+   */
+  get opened(): boolean {
+    return this.#opened;
+  }
+
   /** Whether frames are still taken from the peer. */
   get reading(): boolean {
     return this.#reading && !this.#answering;
   }
 
-  /** The events since the last call. */
+  /**
+   * The events since the last call. Call it until it returns none: a close frame
+   * waits until the messages before it are taken, so that they can still be answered.
+   */
   takeEvents(): CoreEvent[] {
+    if (this.#events.length === 0 && this.#held) {
+      this.#held = false;
+      this.#parse();
+    }
     const events = this.#events;
     if (events.length > 0) this.#events = [];
     return events;
@@ -173,7 +196,10 @@ export class Core {
   /** Bytes received, copied in: for tests and for callers with their own buffers. */
   receiveData(data: Uint8Array, now = 0): void {
     for (let offset = 0; offset < data.length;) {
+      // Once no more frames are taken, what arrives is dropped, as the shell stops reading.
+      if (this.#state === "closed") return;
       const target = this.readTarget();
+      if (target.length === 0) throw new RangeError("No room for more bytes until the handshake is answered");
       const count = Math.min(target.length, data.length - offset);
       target.set(data.subarray(offset, offset + count));
       offset += count;
@@ -212,7 +238,8 @@ export class Core {
   #parse(): void {
     try {
       if (this.#state === "connecting") this.#parseHead();
-      else if (this.#reading) this.#parseFrames();
+      // A client's answer may come with the first frames.
+      if (this.#state !== "connecting" && this.#reading) this.#parseFrames();
     } catch (error) {
       this.#fail(error);
     }
@@ -240,12 +267,17 @@ export class Core {
     }
     if (headEnd < 0) {
       this.#searchFrom = Math.max(0, this.#end - 3);
-      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize);
+      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
       return;
     }
-    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize);
+    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
     const head = latin1.decode(buffer.subarray(0, headEnd));
     this.#start = headEnd + 4;
+    if (this.#expected !== undefined) {
+      this.protocol = checkResponse(head, this.#expected.accept, this.#expected.protocols);
+      this.#expected = undefined;
+      return this.#open(this.#lastSeen);
+    }
     this.#answering = true;
     const request = parseRequestHead(head, maxHeaders);
     if (!isUpgradeAttempt(request.headers)) {
@@ -264,10 +296,26 @@ export class Core {
     this.#extensionOffer = null;
     this.#assembler.inflater = this.#deflate;
     this.outbox.pushControl(switchingProtocols(accept, protocol, this.#deflate?.response));
-    this.#state = "open";
+    this.protocol = protocol;
     this.#answering = false;
-    this.#lastSeen = now;
+    this.#open(now);
     this.#parse();
+  }
+
+  #open(now: number): void {
+    this.#state = "open";
+    this.#opened = true;
+    this.#lastSeen = this.#lastPing = now; // the first ping is due pingInterval after the open
+  }
+
+  /**
+   * Starts a client's handshake (RFC 6455 4.1): queues the request head; the answer
+   * must carry `accept` and at most one of `protocols`. Frames after it are parsed.
+   */
+  connect(requestHead: Uint8Array, accept: string, protocols: readonly string[]): void {
+    if (!this.#client || this.#state !== "connecting") throw new Error(`connect() on a ${this.#state} server core`);
+    this.#expected = { accept, protocols };
+    this.outbox.pushControl(requestHead);
   }
 
   /** Refuses the handshake with the error's HTTP status. */
@@ -288,7 +336,7 @@ export class Core {
 
   #parseFrames(): void {
     if (this.#large && !this.#receiveLarge(this.#large)) return;
-    const masked = this.#masked;
+    const masked = !this.#client;
     while (this.#reading) {
       const buffered = this.#buffer.subarray(this.#start, this.#end);
       // A fragment may not take its message over the limit.
@@ -299,13 +347,19 @@ export class Core {
       });
       if (header === null) return;
       const { headerLength, payloadLength, opcode } = header;
+      // Messages that came before a close may still be answered: they are taken first.
+      if (opcode === Opcode.Close && this.#events.length > 0) {
+        this.#held = true;
+        return;
+      }
       const frameLength = headerLength + payloadLength;
       if (buffered.length < frameLength) {
         if (frameLength > this.#buffer.length) this.#startLarge(header);
         return;
       }
       const payload = buffered.subarray(headerLength, frameLength);
-      applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
+      // RFC 6455 5.1: only a client's frames are masked; a server's carry no key.
+      if (header.masked) applyMask(payload, buffered.subarray(headerLength - 4, headerLength));
       this.#start += frameLength;
       if (opcode >= 0x8) {
         this.#control(opcode, payload);
@@ -320,14 +374,15 @@ export class Core {
   #startLarge(header: FrameHeader): void {
     this.#assembler.begin(header.opcode, header.fin, header.payloadLength, header.rsv1);
     const payloadStart = this.#start + header.headerLength;
-    const maskKey = this.#buffer.slice(payloadStart - 4, payloadStart);
+    const maskKey = header.masked ? this.#buffer.slice(payloadStart - 4, payloadStart) : undefined;
     const arrived = this.#buffer.subarray(payloadStart, this.#end);
-    const capacity = payloadCapacity(header.payloadLength, arrived.length, 0);
+    const full = fitsReserve(header.payloadLength, arrived.length);
+    const capacity = full ? header.payloadLength : growthCapacity(header.payloadLength, arrived.length, 0);
     // A text or compressed payload is garbage once decoded: it can go in the spare buffer.
     const streamed = this.#assembler.streamed;
     const payload = streamed ? takeSpare(capacity) : new Uint8Array(capacity);
     payload.set(arrived);
-    this.#large = { header, maskKey, streamed, payload, received: arrived.length, unmasked: 0, reserved: 0 };
+    this.#large = { header, maskKey, streamed, payload, received: arrived.length, unmasked: 0, full, reserved: 0 };
     this.#start = this.#end = 0;
     this.#receiveLarge(this.#large);
   }
@@ -336,13 +391,16 @@ export class Core {
   // handles the frame once it is whole; false while it is not.
   #receiveLarge(large: LargeFrame): boolean {
     const piece = large.payload.subarray(large.unmasked, large.received);
-    applyMask(piece, large.maskKey, large.unmasked);
+    if (large.maskKey) applyMask(piece, large.maskKey, large.unmasked);
     large.unmasked = large.received;
     // RFC 6455 8.1: invalid text fails as soon as it has arrived, not when the frame ends.
     if (large.streamed) this.#assembler.piece(piece);
     const { header } = large;
     if (large.received === large.payload.length && large.received < header.payloadLength) {
-      const grown = new Uint8Array(payloadCapacity(header.payloadLength, large.received, large.payload.length));
+      large.full = fitsReserve(header.payloadLength, large.received);
+      const grown = new Uint8Array(
+        large.full ? header.payloadLength : growthCapacity(header.payloadLength, large.received, large.payload.length),
+      );
       grown.set(large.payload);
       large.payload = grown;
     }
@@ -379,7 +437,7 @@ export class Core {
     this.closeReason = reason;
     if (!this.outbox.closed) {
       const echo = code === CloseCode.NoStatusReceived ? EMPTY : payload.subarray(0, 2);
-      this.outbox.pushLast(encodeFrame(Opcode.Close, echo, pooled));
+      this.outbox.pushLast(this.#frame(Opcode.Close, echo));
     }
     this.#stop();
     this.#events.push({ type: "close", code, reason });
@@ -396,13 +454,22 @@ export class Core {
       code: "WS_ERR_INTERNAL",
       cause: error,
     });
-    if (this.#state === "connecting") return this.reject(failure);
+    if (this.#state === "connecting") {
+      if (!this.#client) return this.reject(failure);
+      this.handshakeError = failure;
+      return this.#stop();
+    }
     if ((this.#state === "open" || this.#state === "closing") && !this.outbox.closed) {
       this.closeCode = failure.closeCode;
       this.closeReason = failure.message;
-      this.outbox.pushLast(encodeFrame(Opcode.Close, closePayload(failure.closeCode, failure.message), pooled));
+      this.outbox.pushLast(this.#frame(Opcode.Close, closePayload(failure.closeCode, failure.message)));
     }
     this.#stop();
+  }
+
+  // A control frame, masked when we are the client (RFC 6455 5.3).
+  #frame(opcode: Opcode, payload: Uint8Array): Uint8Array {
+    return encodeControl(opcode, payload, this.#client);
   }
 
   #stop(): void {
@@ -413,16 +480,22 @@ export class Core {
 
   // --- Sending ---
 
-  /** The data frame for a message: compressed if permessage-deflate is in force and the message is long enough. */
+  /**
+   * The data frame for a message: masked when we are the client (RFC 6455 5.3), and
+   * compressed if permessage-deflate is in force and the message is long enough.
+   */
   encode(msg: string | Uint8Array): DataFrame {
-    return this.#deflate === undefined ? encodeMessage(msg) : this.#deflate.encode(msg);
+    if (this.#deflate !== undefined) return this.#deflate.encode(msg);
+    return this.#client ? encodeMaskedMessage(msg) : encodeMessage(msg);
   }
 
   /**
    * Connections with equal keys encode `msg` to the same bytes (see `encode`);
-   * `undefined` when this one's compressor keeps a window (RFC 7692 7.1.1).
+   * `undefined` when this one's are its own: masked, or from a compressor that keeps
+   * a window (RFC 7692 7.1.1).
    */
   shareKey(msg: string | Uint8Array): string | undefined {
+    if (this.#client) return undefined;
     return this.#deflate === undefined ? "" : this.#deflate.shareKey(msg);
   }
 
@@ -440,7 +513,7 @@ export class Core {
   ping(data: Uint8Array): boolean {
     if (this.#state !== "open") return false;
     if (data.length > 125) throw new RangeError(`Ping data must be at most 125 bytes, got ${data.length}`);
-    return this.outbox.pushControl(encodeFrame(Opcode.Ping, data, pooled));
+    return this.outbox.pushControl(this.#frame(Opcode.Ping, data));
   }
 
   /** Starts the closing handshake (RFC 6455 7.1.2): our close frame after what is queued. */
@@ -453,7 +526,7 @@ export class Core {
       this.#state = "closing";
       this.closeCode = code;
       this.closeReason = reason;
-      this.outbox.pushLast(encodeFrame(Opcode.Close, payload, pooled));
+      this.outbox.pushLast(this.#frame(Opcode.Close, payload));
     }
   }
 
@@ -489,28 +562,35 @@ const EMPTY = new Uint8Array(0);
 // A frame whose payload is read into a buffer of its own, and how much has arrived.
 interface LargeFrame {
   header: FrameHeader;
-  maskKey: Uint8Array;
+  /** The masking key of a client's frame; none for a server's. */
+  maskKey: Uint8Array | undefined;
   /** Whether the payload goes to the assembler as it arrives (text, or compressed). */
   streamed: boolean;
   /** The payload's buffer: its declared length, or less while it grows with arrivals. */
   payload: Uint8Array;
   received: number;
   unmasked: number;
-  /** Bytes of RESERVE_LIMIT this frame holds: room in `payload` not filled yet. */
+  /** Whether `payload` was allocated at its declared length, its room taken from the reserve. */
+  full: boolean;
+  /** Bytes of RESERVE_LIMIT this frame holds: room in a full `payload` not filled yet. */
   reserved: number;
 }
 
-// The size for a payload buffer of `length` bytes when `received` have arrived and the
-// buffer holds `current`: all of it if the reserve allows, else twice as much as now
-// (and always room for more).
-function payloadCapacity(length: number, received: number, current: number): number {
-  if (reserved + length - received <= RESERVE_LIMIT) return length;
+// Whether the reserve has room for the rest of a `length`-byte payload of which
+// `received` bytes have arrived: then its buffer is allocated at its declared length.
+function fitsReserve(length: number, received: number): boolean {
+  return reserved + length - received <= RESERVE_LIMIT;
+}
+
+// Past the reserve, a payload buffer holding `current` bytes grows to twice that (and
+// always by room for a read): its room is at most what has arrived, or 64 KiB.
+function growthCapacity(length: number, received: number, current: number): number {
   return Math.min(length, Math.max(2 * current, received + READ_BUFFER_MAX));
 }
 
-// Updates the reserve for the room left in a large frame's buffer.
+// Updates the reserve for the room left in a large frame's full-length buffer.
 function reserve(large: LargeFrame): void {
-  const room = large.payload.length - large.received;
+  const room = large.full ? large.payload.length - large.received : 0;
   reserved += room - large.reserved;
   large.reserved = room;
 }
@@ -532,7 +612,9 @@ function giveSpare(buffer: Uint8Array): void {
   if (whole.length <= SPARE_LIMIT && whole.length > (spare?.length ?? 0)) spare = whole;
 }
 
-function headTooLarge(limit: number): ProtocolError {
+// A server answers 431; a client's error is about the answer it read, whose status it never got to.
+function headTooLarge(limit: number, client: boolean): ProtocolError {
+  if (client) return new ProtocolError(`Handshake answer exceeds ${limit} bytes`, { code: "WS_ERR_HEAD_TOO_LARGE" });
   return new ProtocolError(`Request head exceeds ${limit} bytes`, { status: 431, code: "WS_ERR_HEAD_TOO_LARGE" });
 }
 

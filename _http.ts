@@ -2,7 +2,6 @@
 // the accept key, and the responses. Private to the module; protocol.ts re-exports the
 // public parts.
 
-import { encodeBase64 } from "@std/encoding/base64";
 import { ProtocolError } from "./errors.ts";
 
 /**
@@ -11,12 +10,28 @@ import { ProtocolError } from "./errors.ts";
  * @example Refuse connections without a token in the query
  * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * class Handler extends Protocol {
  *   override onHandshake() {
  *     return this.request?.query.get("token") === "secret";
  *   }
  * }
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * async function opens(token: string): Promise<boolean> {
+ *   const socket = new WebSocket(`ws://127.0.0.1:${listener.addr.port}/?token=${token}`);
+ *   const served = new Handler(new Map()).serve(await listener.accept());
+ *   const opened = await new Promise<boolean>((resolve) => {
+ *     socket.onopen = () => resolve(true);
+ *     socket.onerror = () => resolve(false);
+ *   });
+ *   socket.close();
+ *   await served;
+ *   return opened;
+ * }
+ * assertEquals(await opens("secret"), true);
+ * assertEquals(await opens("guess"), false); // refused with 403
+ * listener.close();
  * ```
  */
 export interface HandshakeRequest {
@@ -36,12 +51,19 @@ export interface HandshakeRequest {
  * @example
  * ```ts
  * import { type HandshakeRequest, type HttpResponse, Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * class Handler extends Protocol {
  *   override onHttpRequest(request: HandshakeRequest): HttpResponse | undefined {
  *     if (request.path === "/health") return { status: 200, body: "ok" };
  *   }
  * }
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const response = fetch(`http://127.0.0.1:${listener.addr.port}/health`);
+ * const served = new Handler(new Map()).serve(await listener.accept());
+ * listener.close();
+ * assertEquals([(await response).status, await (await response).text()], [200, "ok"]);
+ * await served;
  * ```
  */
 export interface HttpResponse {
@@ -77,8 +99,9 @@ const encoder = new TextEncoder();
  * @example The RFC 6455 1.3 example
  * ```ts
  * import { computeAcceptKey } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * console.log(await computeAcceptKey("dGhlIHNhbXBsZSBub25jZQ==")); // "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+ * assertEquals(await computeAcceptKey("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
  * ```
  *
  * @param key The client's `Sec-WebSocket-Key`.
@@ -86,7 +109,7 @@ const encoder = new TextEncoder();
  */
 export async function computeAcceptKey(key: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + WEBSOCKET_GUID));
-  return encodeBase64(digest);
+  return new Uint8Array(digest).toBase64();
 }
 
 // RFC 7230 3.1.1 and 3.2: request line, then header fields, no obsolete line folding.
@@ -197,4 +220,87 @@ export function checkUpgrade(
   if (!allowed) throw new ProtocolError(`Origin ${origin} is not allowed`, { status: 403 });
   const offered = (headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim()).filter(Boolean);
   return { key, offered };
+}
+
+/** What a client asks for in its opening handshake (RFC 6455 4.1). */
+export interface ClientRequest {
+  url: URL;
+  key: string;
+  protocols: readonly string[];
+  headers: Readonly<Record<string, string>>;
+}
+
+// RFC 6455 4.1: the client's opening handshake; the caller's headers come after ours
+// and may not replace them.
+export function requestHead(request: ClientRequest): Uint8Array {
+  const { url } = request;
+  const lines = [
+    `GET ${url.pathname}${url.search} HTTP/1.1`,
+    `Host: ${url.host}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    `Sec-WebSocket-Key: ${request.key}`,
+    "Sec-WebSocket-Version: 13",
+  ];
+  if (request.protocols.length > 0) lines.push(`Sec-WebSocket-Protocol: ${request.protocols.join(", ")}`);
+  const reserved = new Set([
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol", // offered with `protocols`, so that the answer can be checked
+    "sec-websocket-extensions",
+  ]);
+  for (const [name, value] of Object.entries(request.headers)) {
+    if (reserved.has(name.toLowerCase())) throw new TypeError(`Header ${name} is set by the handshake`);
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n]/.test(value)) {
+      throw new TypeError(`Invalid header ${JSON.stringify(name)}`);
+    }
+    lines.push(`${name}: ${value}`);
+  }
+  return encoder.encode(lines.join("\r\n") + "\r\n\r\n");
+}
+
+// RFC 6455 4.1 (the client's checks of the answer, 4.2.2 on the server's side): 101,
+// Upgrade and Connection, the accept key, and no subprotocol or extension that was not
+// asked for. Returns the subprotocol chosen, or "". Any failure throws ProtocolError
+// with the answer's status.
+export function checkResponse(head: string, accept: string, protocols: readonly string[]): string {
+  const lines = head.split("\r\n");
+  const match = /^HTTP\/1\.1 (\d{3})(?: (.*))?$/.exec(lines[0]);
+  if (match === null) throw new ProtocolError(`Malformed status line ${JSON.stringify(lines[0].slice(0, 40))}`);
+  const status = Number(match[1]);
+  const fail = (message: string, code: string) => new ProtocolError(message, { status, code });
+  if (status !== 101) {
+    // Redirects are not followed: the caller decides where to connect.
+    throw fail(`Server answered ${status} ${match[2] ?? ""}, not 101`.trim(), "WS_ERR_HANDSHAKE_STATUS");
+  }
+  const headers = new Headers();
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(":");
+    if (colon <= 0) throw fail(`Malformed header line ${JSON.stringify(line.slice(0, 40))}`, "WS_ERR_HANDSHAKE");
+    try {
+      headers.append(line.slice(0, colon), line.slice(colon + 1).trim());
+    } catch {
+      throw fail(`Malformed header line ${JSON.stringify(line.slice(0, 40))}`, "WS_ERR_HANDSHAKE");
+    }
+  }
+  if (!hasToken(headers.get("upgrade"), "websocket")) {
+    throw fail("Upgrade header must be websocket", "WS_ERR_HANDSHAKE");
+  }
+  if (!hasToken(headers.get("connection"), "upgrade")) {
+    throw fail("Connection header must contain upgrade", "WS_ERR_HANDSHAKE");
+  }
+  const answered = headers.get("sec-websocket-accept");
+  if (answered !== accept) {
+    throw fail(`Sec-WebSocket-Accept must be ${accept}, got ${answered}`, "WS_ERR_INVALID_ACCEPT");
+  }
+  const extensions = headers.get("sec-websocket-extensions");
+  if (extensions !== null) throw fail(`Extension ${extensions} was not requested`, "WS_ERR_UNREQUESTED_EXTENSION");
+  const protocol = headers.get("sec-websocket-protocol") ?? "";
+  if (protocol !== "" && !protocols.includes(protocol)) {
+    throw fail(`Subprotocol ${protocol} was not requested`, "WS_ERR_UNREQUESTED_PROTOCOL");
+  }
+  return protocol;
 }

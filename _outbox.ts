@@ -36,6 +36,35 @@ export function allocate(length: number): Uint8Array {
 /** Encoding options that cut frames from the slab. */
 export const pooled = { allocate };
 
+// Mask keys for a client's frames (RFC 6455 5.3: fresh and unpredictable for each
+// frame), drawn from crypto.getRandomValues 1,024 at a time: one call per frame costs
+// more than the rest of encoding a small frame.
+const maskKeys = new Uint8Array(4096);
+let maskKeyOffset = maskKeys.length;
+
+/** A fresh random masking key (a view, valid until the next call's batch refills). */
+export function nextMaskKey(): Uint8Array {
+  if (maskKeyOffset === maskKeys.length) {
+    crypto.getRandomValues(maskKeys);
+    maskKeyOffset = 0;
+  }
+  return maskKeys.subarray(maskKeyOffset, maskKeyOffset += 4);
+}
+
+/** Encodes a frame, masked with a fresh key when `mask` (a client's frames). */
+export function encodeControl(opcode: Opcode, payload: Uint8Array, mask: boolean): Uint8Array {
+  return encodeFrame(opcode, payload, mask ? { allocate, maskKey: nextMaskKey() } : pooled);
+}
+
+/** Encodes a client's data frame: masked with a fresh key, so never shared between connections. */
+export function encodeMaskedMessage(msg: string | Uint8Array): Uint8Array {
+  const opcode = typeof msg === "string" ? Opcode.Text : Opcode.Binary;
+  return encodeFrame(opcode, msg, {
+    maskKey: nextMaskKey(),
+    allocate: msg.length < LARGE_PAYLOAD ? allocate : undefined,
+  });
+}
+
 /** A data frame to queue: whole, or a header followed by a large payload sent as it is. */
 export type DataFrame = Uint8Array | [Uint8Array, Uint8Array];
 
@@ -57,6 +86,7 @@ export type Queued = "queued" | "over-limit" | "closed";
 /** The queue of a connection's outgoing frames. */
 export class Outbox {
   readonly #maxBackpressure: number;
+  readonly #mask: boolean;
   #queue: Uint8Array[] = [];
   #head = 0; // frames before it are taken
   #queuedBytes = 0;
@@ -68,8 +98,10 @@ export class Outbox {
   queuedFrames = 0;
   writtenFrames = 0;
 
-  constructor(maxBackpressure: number) {
+  /** `mask`: frames made here (pongs) are masked, as a client's must be. */
+  constructor(maxBackpressure: number, mask = false) {
     this.#maxBackpressure = maxBackpressure;
+    this.#mask = mask;
   }
 
   /** Bytes queued and not yet written. */
@@ -118,7 +150,7 @@ export class Outbox {
    */
   pushPong(payload: Uint8Array): void {
     if (this.#closed) return;
-    const pong = encodeFrame(Opcode.Pong, payload, pooled);
+    const pong = encodeControl(Opcode.Pong, payload, this.#mask);
     if (this.#queuedPong >= this.#head && this.#queuedBytes + pong.length > this.#maxBackpressure) {
       this.#queuedBytes += pong.length - this.#queue[this.#queuedPong].length;
       this.#queue[this.#queuedPong] = pong;

@@ -6,14 +6,17 @@
 
 /**
  * A self-contained HTML chat client (no build step, no CDN) that connects back to
- * the host that served it, by ws: or wss: after the page's scheme. Messages are shown
+ * the host and path that served it (the path is the room), by ws: or wss: after the
+ * page's scheme. Messages are shown
  * as text (`textContent`), never as HTML.
  *
  * @example
  * ```ts
  * import { CHAT_PAGE } from "./chat_page.ts";
+ * import { assert, assertFalse } from "@std/assert";
  *
- * console.log(CHAT_PAGE.startsWith("<!doctype html>")); // true
+ * assert(CHAT_PAGE.startsWith("<!doctype html>"));
+ * assertFalse(CHAT_PAGE.includes("innerHTML"));
  * ```
  */
 export const CHAT_PAGE: string = `<!doctype html>
@@ -25,6 +28,7 @@ export const CHAT_PAGE: string = `<!doctype html>
 <style>
   body { font: 15px/1.4 system-ui, sans-serif; margin: 0 auto; max-width: 40rem; padding: 1rem; color: #222; }
   h1 { font-size: 1.2rem; margin: 0 0 .5rem; }
+  #room { font-weight: normal; color: #555; }
   #state { display: inline-block; padding: .1rem .5rem; border-radius: .8rem; background: #eee; font-size: .85rem; }
   #state.open { background: #d8f5d0; } #state.closed { background: #f8d7d3; }
   #log { list-style: none; padding: .5rem; margin: 1rem 0; height: 20rem; overflow-y: auto;
@@ -37,14 +41,16 @@ export const CHAT_PAGE: string = `<!doctype html>
 </style>
 </head>
 <body>
-<h1>twistedws chat <span id="state">connecting</span></h1>
+<h1>twistedws chat <span id="room"></span> <span id="state">connecting</span></h1>
 <ul id="log"></ul>
 <form id="form"><input id="text" autocomplete="off" placeholder="Say something" autofocus><button id="send">Send</button></form>
 <script>
   const state = document.getElementById("state");
   const log = document.getElementById("log");
   const input = document.getElementById("text");
-  const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/");
+  // The room is the page's path: /lobby chats with the other clients of /lobby.
+  document.getElementById("room").textContent = location.pathname;
+  const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + location.pathname);
   socket.binaryType = "arraybuffer";
   function show(text, className) {
     const item = document.createElement("li");

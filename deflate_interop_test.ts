@@ -2,7 +2,6 @@
 // playwright-core), npm ws, Python websockets. An echo server counts the bytes on the
 // wire; every message goes both ways compressed, with and without context takeover.
 import { assert, assertEquals } from "@std/assert";
-import { decodeBase64, encodeBase64 } from "@std/encoding/base64";
 import { type Browser, chromium } from "playwright-core";
 import WsClient from "ws";
 import { deflateStats } from "./_deflate.ts";
@@ -231,7 +230,7 @@ async function pythonPeer(url: string, offer: Offer): Promise<DeflatePeer> {
         pending = pending.slice(newline + 1);
         if (event.ev === "open") opened.resolve(event.extensions);
         else if (event.ev === "text") inbox.push(event.data);
-        else if (event.ev === "binary") inbox.push(decodeBase64(event.b64));
+        else if (event.ev === "binary") inbox.push(Uint8Array.fromBase64(event.b64));
       }
     }
   })();
@@ -239,7 +238,7 @@ async function pythonPeer(url: string, offer: Offer): Promise<DeflatePeer> {
   return {
     extensions: await within(opened.promise, 10_000, "the python client to connect"),
     send: (msg) =>
-      command(typeof msg === "string" ? { op: "send", text: msg } : { op: "sendBinary", b64: encodeBase64(msg) }),
+      command(typeof msg === "string" ? { op: "send", text: msg } : { op: "sendBinary", b64: msg.toBase64() }),
     sendFragments: (parts) => command({ op: "sendFragments", parts }),
     next: () => inbox.next(),
     async close() {
@@ -296,12 +295,12 @@ async function chromiumPeer(browser: Browser, url: string): Promise<DeflatePeer>
     send(msg) {
       const data = typeof msg === "string"
         ? JSON.stringify(msg)
-        : `Uint8Array.from(atob(${JSON.stringify(encodeBase64(msg))}), (c) => c.charCodeAt(0))`;
+        : `Uint8Array.from(atob(${JSON.stringify(msg.toBase64())}), (c) => c.charCodeAt(0))`;
       void page.evaluate(`socket.send(${data})`);
     },
     async next() {
       const msg = await within(page.evaluate("nextMessage()") as Promise<{ text?: string; b64?: string }>);
-      return msg.text ?? decodeBase64(msg.b64!);
+      return msg.text ?? Uint8Array.fromBase64(msg.b64!);
     },
     async close() {
       await page.evaluate("new Promise((resolve) => { socket.onclose = resolve; socket.close(1000); })");

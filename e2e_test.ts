@@ -148,6 +148,7 @@ Deno.test({
     try {
       const page = await fetch(`https://localhost:${server.addr.port}/`, {
         client: Deno.createHttpClient({ caCerts: [await Deno.readTextFile(`${dir}/cert.pem`)] }),
+        signal: AbortSignal.timeout(10_000),
       });
       assertStringIncludes(await page.text(), "<!doctype html>");
       await chat(server, `https://localhost:${server.addr.port}/`, "chat-wss.png");

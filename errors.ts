@@ -12,9 +12,11 @@
  * @example
  * ```ts
  * import { ProtocolError, type WebSocketErrorOptions } from "./errors.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * const options: WebSocketErrorOptions = { status: 401, code: "APP_UNAUTHORIZED" };
  * const error = new ProtocolError("missing token", options);
+ * assertEquals([error.status, error.code, error.closeCode], [401, "APP_UNAUTHORIZED", 1002]);
  * ```
  */
 export interface WebSocketErrorOptions {
@@ -72,11 +74,12 @@ export class WebSocketError extends Error {
  * ```ts
  * import { Frame } from "./frame.ts";
  * import { FrameError } from "./errors.ts";
- * import { assertThrows } from "@std/assert";
+ * import { assertEquals, assertThrows } from "@std/assert";
  *
  * // RSV1 set without a negotiated extension.
  * const error = assertThrows(() => new Frame(new Uint8Array([0xc1, 0x00])), FrameError);
- * console.log(error.closeCode); // 1002
+ * assertEquals(error.closeCode, 1002);
+ * assertEquals(error.code, "WS_ERR_UNEXPECTED_RSV");
  * ```
  */
 export class FrameError extends WebSocketError {

@@ -27,9 +27,10 @@ import { decodeUtf8 } from "./_utf8.ts";
  * @example
  * ```ts
  * import { encodeFrame, Opcode } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * const ping = encodeFrame(Opcode.Ping, new Uint8Array([1, 2, 3]));
- * console.log(ping[0].toString(16)); // "89": FIN + ping
+ * assertEquals(ping[0], 0x80 | Opcode.Ping); // FIN + ping: 0x89
  * ```
  */
 export const Opcode = {
@@ -47,8 +48,10 @@ export const Opcode = {
  * @example
  * ```ts
  * import { Opcode } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * const opcode: Opcode = Opcode.Text;
+ * const data: Opcode[] = [Opcode.Text, Opcode.Binary];
+ * assertEquals(data, [0x1, 0x2]);
  * ```
  */
 export type Opcode = typeof Opcode[keyof typeof Opcode];
@@ -61,8 +64,10 @@ export type Opcode = typeof Opcode[keyof typeof Opcode];
  * @example
  * ```ts
  * import { CloseCode } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * console.log(CloseCode.MessageTooBig); // 1009
+ * assertEquals(CloseCode.NormalClosure, 1000);
+ * assertEquals(CloseCode.MessageTooBig, 1009);
  * ```
  */
 export const CloseCode = {
@@ -101,10 +106,11 @@ const REGISTERED_CLOSE_CODES: ReadonlySet<number> = new Set(
  * @example
  * ```ts
  * import { isValidCloseCode } from "./frame.ts";
+ * import { assert, assertFalse } from "@std/assert";
  *
- * console.log(isValidCloseCode(1000)); // true
- * console.log(isValidCloseCode(1005)); // false: local only
- * console.log(isValidCloseCode(4000)); // true
+ * assert(isValidCloseCode(1000));
+ * assertFalse(isValidCloseCode(1005)); // local only
+ * assert(isValidCloseCode(4000));
  * ```
  */
 export function isValidCloseCode(code: number): boolean {
@@ -117,9 +123,14 @@ export function isValidCloseCode(code: number): boolean {
  * @example A server reads masked frames of at most 1 MiB
  * ```ts
  * import { type DecodeOptions, Frame } from "./frame.ts";
+ * import { FrameError } from "./errors.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
  *
  * const options: DecodeOptions = { masked: true, maxPayload: 1024 * 1024 };
- * const frame = Frame.decode(Frame.buildMessage("hi"), options);
+ * assertEquals(Frame.decode(Frame.buildMessage("hi"), options)?.message(), "hi");
+ * // An unmasked frame from a client is a protocol error (RFC 6455 5.1).
+ * const error = assertThrows(() => Frame.decode(Frame.buildMessage("hi", false), options), FrameError);
+ * assertEquals(error.closeCode, 1002);
  * ```
  */
 export interface DecodeOptions {
@@ -154,10 +165,13 @@ export interface DecodeOptions {
  *
  * @example
  * ```ts
- * import { decodeHeader, type FrameHeader } from "./frame.ts";
+ * import { decodeHeader, type FrameHeader, Opcode } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * const header: FrameHeader | null = decodeHeader(new Uint8Array([0x82, 0x7e, 0x01, 0x00]));
- * console.log(header?.payloadLength); // 256
+ * assertEquals(header?.opcode, Opcode.Binary);
+ * assertEquals(header?.payloadLength, 256);
+ * assertEquals(header?.headerLength, 4);
  * ```
  */
 export interface FrameHeader {
@@ -307,9 +321,10 @@ export class Frame {
    * @example
    * ```ts
    * import { Frame } from "./frame.ts";
+   * import { assertEquals } from "@std/assert";
    *
-   * const frame = new Frame(Frame.buildMessage(new Uint8Array([1, 2])));
-   * console.log(frame.message()); // Uint8Array(2) [ 1, 2 ]
+   * assertEquals(new Frame(Frame.buildMessage(new Uint8Array([1, 2]))).message(), new Uint8Array([1, 2]));
+   * assertEquals(new Frame(Frame.buildMessage("κ")).message(), "κ");
    * ```
    *
    * @returns The text or the bytes.
@@ -325,9 +340,10 @@ export class Frame {
    * @example
    * ```ts
    * import { Frame } from "./frame.ts";
+   * import { assertEquals } from "@std/assert";
    *
-   * const frame = new Frame(Frame.buildMessage("Hi", false));
-   * console.log(frame.length()); // 4
+   * assertEquals(new Frame(Frame.buildMessage("Hi", false)).length(), 2 + 2); // header + payload
+   * assertEquals(new Frame(Frame.buildMessage("Hi")).length(), 2 + 4 + 2); // with a masking key
    * ```
    *
    * @returns The frame's length in bytes.
@@ -458,10 +474,12 @@ function reservedOpcode(opcode: number): FrameError {
  *
  * @example The first fragment of a client's message
  * ```ts
- * import { encodeFrame, type EncodeOptions, Opcode } from "./frame.ts";
+ * import { encodeFrame, type EncodeOptions, Frame, Opcode } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * const options: EncodeOptions = { fin: false, mask: true };
- * const frame = encodeFrame(Opcode.Text, new TextEncoder().encode("part"), options);
+ * const frame = new Frame(encodeFrame(Opcode.Text, new TextEncoder().encode("part"), options));
+ * assertEquals([frame.fin, frame.masked, frame.message()], [false, true, "part"]);
  * ```
  */
 export interface EncodeOptions {
@@ -675,8 +693,12 @@ export function applyMask(data: Uint8Array, maskKey: Uint8Array, offset = 0): vo
  * @example
  * ```ts
  * import { decodeText } from "./frame.ts";
+ * import { FrameError } from "./errors.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
  *
- * console.log(decodeText(new Uint8Array([0xce, 0xba]))); // "κ"
+ * assertEquals(decodeText(new Uint8Array([0xce, 0xba])), "κ");
+ * const error = assertThrows(() => decodeText(new Uint8Array([0xce])), FrameError); // a truncated sequence
+ * assertEquals(error.closeCode, 1007);
  * ```
  *
  * @param bytes UTF-8 bytes.
@@ -694,9 +716,11 @@ export function decodeText(bytes: Uint8Array): string {
  * @example
  * ```ts
  * import { encodeClosePayload, encodeFrame, Opcode } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
  *
+ * assertEquals(encodeClosePayload(1000, "bye"), new Uint8Array([0x03, 0xe8, 0x62, 0x79, 0x65]));
  * const close = encodeFrame(Opcode.Close, encodeClosePayload(1000, "bye"));
- * console.log(close); // Uint8Array(7) [ 136, 5, 3, 232, 98, 121, 101 ]
+ * assertEquals(close, new Uint8Array([0x88, 5, 0x03, 0xe8, 0x62, 0x79, 0x65]));
  * ```
  *
  * @param code The close code, or undefined for an empty payload.
@@ -726,8 +750,9 @@ export function encodeClosePayload(code?: number, reason = ""): Uint8Array {
  * @example
  * ```ts
  * import { decodeClosePayload } from "./frame.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * console.log(decodeClosePayload(new Uint8Array([0x03, 0xe8, 0x6f, 0x6b]))); // { code: 1000, reason: "ok" }
+ * assertEquals(decodeClosePayload(new Uint8Array([0x03, 0xe8, 0x6f, 0x6b])), { code: 1000, reason: "ok" });
  * ```
  */
 export interface ClosePayload {
@@ -745,8 +770,13 @@ export interface ClosePayload {
  * @example
  * ```ts
  * import { decodeClosePayload } from "./frame.ts";
+ * import { FrameError } from "./errors.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
  *
- * console.log(decodeClosePayload(new Uint8Array([]))); // { code: 1005, reason: "" }
+ * assertEquals(decodeClosePayload(new Uint8Array([])), { code: 1005, reason: "" });
+ * // 1005 is local only: a peer may not send it.
+ * const error = assertThrows(() => decodeClosePayload(new Uint8Array([0x03, 0xed])), FrameError);
+ * assertEquals(error.closeCode, 1002);
  * ```
  *
  * @param payload The close frame's unmasked payload.

@@ -11,6 +11,7 @@ import {
   isValidCloseCode,
   Opcode,
 } from "./frame.ts";
+import { TIMEOUT, within } from "./test_util.ts";
 
 const hex = (text: string) => new Uint8Array(text.split(" ").map((byte) => parseInt(byte, 16)));
 const utf8 = (text: string) => new TextEncoder().encode(text);
@@ -398,7 +399,7 @@ Deno.test("Frame.buildMessage frames are understood by Deno's own WebSocket serv
     const deadline = Date.now() + 5000;
     while (frame === null && Date.now() < deadline) {
       const chunk = new Uint8Array(4096);
-      const count = await conn.read(chunk);
+      const count = await within(conn.read(chunk), Math.max(1, deadline - Date.now()), "the server's frame");
       if (count === null) break;
       bytes = concat([bytes, chunk.subarray(0, count)]);
       const headEnd = new TextDecoder().decode(bytes).indexOf("\r\n\r\n");
@@ -408,9 +409,9 @@ Deno.test("Frame.buildMessage frames are understood by Deno's own WebSocket serv
     assertEquals(frame?.message(), "pong-text");
     assertEquals(received, ["Hello", long, binary]);
     await conn.write(encodeFrame(Opcode.Close, encodeClosePayload(1000), { mask: true }));
-    await gotAll.promise;
+    await within(gotAll.promise, TIMEOUT, "the server to see the close");
   } finally {
     conn.close();
-    await server.shutdown();
+    await within(server.shutdown(), TIMEOUT, "Deno.serve to shut down");
   }
 });

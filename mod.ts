@@ -5,6 +5,7 @@
  * @example A broadcast handler, as in TwistedWebsocket's README
  * ```ts
  * import { Protocol } from "./mod.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * class Handler extends Protocol {
  *   override onMessage(msg: string | Uint8Array) {
@@ -12,7 +13,19 @@
  *   }
  * }
  * const users = new Map<string, Protocol>();
- * const handler = new Handler(users);
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const socket = new WebSocket(`ws://127.0.0.1:${listener.addr.port}/`);
+ * const served = new Handler(users).serve(await listener.accept());
+ * listener.close();
+ * const echoed = await new Promise((resolve) => {
+ *   socket.onopen = () => socket.send("hello");
+ *   socket.onmessage = (event) => resolve(event.data);
+ * });
+ * assertEquals(echoed, "hello"); // to every user, the sender included
+ * assertEquals(users.size, 1);
+ * socket.close();
+ * await served;
+ * assertEquals(users.size, 0);
  * ```
  *
  * @module
@@ -20,3 +33,4 @@
 export * from "./errors.ts";
 export * from "./frame.ts";
 export * from "./protocol.ts";
+export * from "./bus.ts";

@@ -3,9 +3,10 @@
  * connection drives a `Deno.Conn` (TCP or TLS) through the opening handshake, frame
  * dispatch and the closing handshake, and calls back into your subclass.
  *
- * @example An echo server
- * ```ts ignore
+ * @example An echo server, and a client of it
+ * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
  * class Echo extends Protocol {
  *   override onMessage(msg: string | Uint8Array) {
@@ -13,20 +14,47 @@
  *   }
  * }
  * const users = new Map<string, Protocol>();
- * for await (const conn of Deno.listen({ port: 9999 })) new Echo(users).serve(conn);
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 }); // port 9999 in real life
+ * const serving = (async () => {
+ *   for await (const conn of listener) await new Echo(users).serve(conn);
+ * })();
+ *
+ * const echoed = Promise.withResolvers<string | Uint8Array>();
+ * const timeout = AbortSignal.timeout(5000);
+ * timeout.onabort = () => echoed.reject(timeout.reason);
+ * class Client extends Protocol {
+ *   override onMessage(msg: string | Uint8Array) {
+ *     echoed.resolve(msg);
+ *     this.close();
+ *   }
+ * }
+ * const client = await Client.connect(`ws://127.0.0.1:${listener.addr.port}/`);
+ * await client.sendMessage("hello");
+ * assertEquals(await echoed.promise, "hello");
+ * listener.close();
+ * await serving.catch(() => {}); // the listener's loop ends once the connection has
+ * assertEquals(client.closeCode, 1000);
  * ```
  *
  * @module
  */
 
-import { computeAcceptKey, type HandshakeRequest, type HttpResponse, parseRequestHead } from "./_http.ts";
+import { computeAcceptKey, type HandshakeRequest, type HttpResponse, parseRequestHead, requestHead } from "./_http.ts";
 import { Core, resolveOptions } from "./_core.ts";
 import type { CompressionMode, CompressionOptions } from "./_deflate.ts";
 import type { DataFrame } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import { CloseCode } from "./frame.ts";
+import { existingRegistry, type PublishOptions, registryOf, type TopicRegistry } from "./_topics.ts";
 
-export { type CompressionMode, type CompressionOptions, computeAcceptKey, type HandshakeRequest, type HttpResponse };
+export {
+  type CompressionMode,
+  type CompressionOptions,
+  computeAcceptKey,
+  type HandshakeRequest,
+  type HttpResponse,
+  type PublishOptions,
+};
 
 /**
  * Limits and timers of a connection; every one has a safe default.
@@ -35,8 +63,11 @@ export { type CompressionMode, type CompressionOptions, computeAcceptKey, type H
  * ```ts
  * import { Protocol, type ProtocolOptions } from "./protocol.ts";
  *
+ * import { assertEquals } from "@std/assert";
+ *
  * const options: ProtocolOptions = { maxPayload: 64 * 1024, allowedOrigins: ["https://example.com"] };
  * const handler = new Protocol(new Map(), options);
+ * assertEquals(handler.state, "connecting");
  * ```
  */
 export interface ProtocolOptions {
@@ -67,12 +98,37 @@ export interface ProtocolOptions {
   /** Origins allowed to connect (exact `Origin` values, or a predicate); others get 403. Default: all. */
   allowedOrigins?: readonly string[] | ((origin: string | null) => boolean);
   /**
-   * permessage-deflate (RFC 7692), accepted when the client offers it: `false` (the
-   * default) declines it, `true` accepts it with the defaults of
+   * permessage-deflate (RFC 7692), accepted when a client offers it (server side):
+   * `false` (the default) declines it, `true` accepts it with the defaults of
    * {@linkcode CompressionOptions} (no context takeover, messages from 256 bytes,
    * level 6). Compressed messages count against `maxPayload` once inflated.
    */
   compression?: boolean | CompressionOptions;
+}
+
+/**
+ * Options of {@linkcode Protocol.connect}, the client side: what to ask the server
+ * for, whom to trust, and every {@linkcode ProtocolOptions} limit (`maxHeaderSize`
+ * bounds the server's answer, `handshakeTimeout` the whole connect).
+ *
+ * @example
+ * ```ts
+ * import type { ClientOptions } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const options: ClientOptions = { protocols: ["chat"], headers: { Authorization: "Bearer token" } };
+ * assertEquals(options.protocols, ["chat"]);
+ * ```
+ */
+export interface ClientOptions extends ProtocolOptions {
+  /** Subprotocols to offer, in order of preference (default none). */
+  protocols?: readonly string[];
+  /** Extra request headers, such as `Origin` or `Authorization` (default none). */
+  headers?: Readonly<Record<string, string>>;
+  /** PEM certificates to trust for wss:// besides the system's, e.g. a self-signed one (default none). */
+  caCerts?: string[];
+  /** The map of connected users the connection joins (default a new one). */
+  users?: Map<string, Protocol>;
 }
 
 /**
@@ -81,8 +137,9 @@ export interface ProtocolOptions {
  * @example
  * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * console.log(new Protocol().state); // "connecting"
+ * assertEquals(new Protocol().state, "connecting");
  * ```
  */
 export type ConnectionState = "connecting" | "open" | "closing" | "closed";
@@ -92,10 +149,17 @@ export type ConnectionState = "connecting" | "open" | "closing" | "closed";
  * `Deno.TlsConn` both fit, and so does an in-memory stand-in for tests.
  *
  * @example
- * ```ts ignore
- * import { type Connection, Protocol } from "./protocol.ts";
+ * ```ts
+ * import type { Connection } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
- * const conn: Connection = await Deno.connect({ port: 9999 });
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const conn: Connection = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const accepted = await listener.accept();
+ * assertEquals(await conn.write(new Uint8Array([1, 2])), 2);
+ * conn.close();
+ * accepted.close();
+ * listener.close();
  * ```
  */
 export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrite">;
@@ -105,19 +169,48 @@ export type Connection = Pick<Deno.Conn, "read" | "write" | "close" | "closeWrit
  * build one per connection with the shared `users` map, then `serve(conn)`.
  *
  * @example A broadcast handler in the TwistedWebsocket style
- * ```ts ignore
+ * ```ts
  * import { Protocol } from "./protocol.ts";
+ * import { assertEquals } from "@std/assert";
  *
+ * const origins: string[] = [];
  * class Handler extends Protocol {
  *   override onHandshake(header: string) {
- *     console.log(`[HANDSHAKE] ${this.id} origin: ${/Origin\s*:\s*(\S+)/i.exec(header)?.[1]}`);
+ *     origins.push(/^Origin\s*:\s*(\S+)/im.exec(header)?.[1] ?? "(none)");
  *   }
  *   override onMessage(msg: string | Uint8Array) {
  *     Protocol.broadcast(this.users.values(), msg);
  *   }
  * }
  * const users = new Map<string, Protocol>();
- * for await (const conn of Deno.listen({ port: 9999 })) new Handler(users).serve(conn);
+ * const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 }); // port 9999 in real life
+ * const served: Promise<void>[] = [];
+ * const accepting = (async () => {
+ *   for await (const conn of listener) served.push(new Handler(users).serve(conn));
+ * })();
+ *
+ * // Two clients; what one sends, both get.
+ * const url = `ws://127.0.0.1:${listener.addr.port}/`;
+ * const received: (string | Uint8Array)[] = [];
+ * const both = Promise.withResolvers<void>();
+ * AbortSignal.timeout(5000).onabort = () => both.reject(new Error("timed out"));
+ * class Client extends Protocol {
+ *   override onMessage(msg: string | Uint8Array) {
+ *     if (received.push(msg) === 2) both.resolve();
+ *   }
+ * }
+ * const alice = await Client.connect(url, { headers: { Origin: "http://example.com" } });
+ * const bob = await Client.connect(url);
+ * while (users.size < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+ * await alice.sendMessage("hi all");
+ * await both.promise;
+ * assertEquals(received, ["hi all", "hi all"]);
+ * assertEquals(origins, ["http://example.com", "(none)"]);
+ * alice.close();
+ * bob.close();
+ * listener.close();
+ * await accepting;
+ * await Promise.all(served);
  * ```
  */
 export class Protocol {
@@ -130,6 +223,7 @@ export class Protocol {
 
   // The rules live in the core; this shell reads, writes, keeps timers and runs callbacks.
   #core: Core;
+  #client = false;
   #conn: Connection | undefined;
   #connClosed = false;
   #writing: Promise<void> | undefined;
@@ -232,6 +326,7 @@ export class Protocol {
    *
    * @example
    * ```ts ignore
+   * // A line of a handler's method (`this` is the connection); the module's example runs sendMessage.
    * const written = await this.sendMessage("hello"); // false if the connection is closed
    * ```
    *
@@ -277,13 +372,15 @@ export class Protocol {
 
   /**
    * Sends one message to many connections, encoding its frame once: every recipient
-   * queues the very same bytes. With compression, once for each distinct set of
-   * negotiated parameters, as long as the server keeps no window (no context
-   * takeover); with a window, each recipient compresses its own copy. Recipients that
-   * are not open are skipped.
+   * queues the very same bytes (client-side connections mask a copy of their own).
+   * With compression, once for each distinct set of negotiated parameters, as long as
+   * the server keeps no window (no context takeover); with a window, each recipient
+   * compresses its own copy. Topics publish through it. Recipients that are not open
+   * are skipped.
    *
    * @example
    * ```ts ignore
+   * // A line of a handler's onConnect (`this` is the connection); the class example runs broadcast.
    * Protocol.broadcast(this.users.values(), `${this.id} connected`);
    * ```
    *
@@ -309,6 +406,120 @@ export class Protocol {
     return count;
   }
 
+  // --- Topics (publish/subscribe) ---------------------------------------------------
+  // The registry (_topics.ts) is one per `users` map, so connections sharing `users`
+  // share topics; a bus attached to it (bus.ts: attachBus) reaches other workers and
+  // nodes. Besides this block, the only line is in serve(): an ended connection leaves
+  // all its topics.
+
+  /**
+   * Subscribes this connection to a topic, in O(1). It stays subscribed until
+   * {@linkcode Protocol.prototype.unsubscribe} or until the connection ends.
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const user = new Protocol();
+   * assertEquals(user.subscribe("news"), true);
+   * assertEquals(user.subscribe("news"), false); // already subscribed
+   * assertEquals([...user.topics], ["news"]);
+   * ```
+   *
+   * @param topic Any string.
+   * @returns `false` if it was subscribed already, or the connection has ended.
+   */
+  subscribe(topic: string): boolean {
+    return this.state !== "closed" && Protocol.#topicsOf(this.users).subscribe(this, topic);
+  }
+
+  /**
+   * Unsubscribes this connection from a topic, in O(1).
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const user = new Protocol();
+   * user.subscribe("news");
+   * assertEquals(user.unsubscribe("news"), true);
+   * assertEquals(user.unsubscribe("news"), false);
+   * ```
+   *
+   * @param topic The topic.
+   * @returns `false` if it was not subscribed.
+   */
+  unsubscribe(topic: string): boolean {
+    return Protocol.#topicsOf(this.users).unsubscribe(this, topic);
+  }
+
+  /** A copy of the topics this connection is subscribed to. */
+  get topics(): ReadonlySet<string> {
+    return Protocol.#topicsOf(this.users).topicsOf(this);
+  }
+
+  /**
+   * Publishes a message to the open subscribers of a topic, encoding its frame once:
+   * to those on this `users` map now, and through the attached bus, if any, to those
+   * of other workers and nodes. This connection is left out unless
+   * `options.includeSelf` (its copy then goes last); it need not be subscribed. One
+   * publisher's messages reach each subscriber in the order they were published.
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const user = new Protocol();
+   * user.subscribe("news");
+   * // Not open yet, so no one queues it; an open subscriber would count.
+   * assertEquals(user.publish("news", "hello", { includeSelf: true }), 0);
+   * ```
+   *
+   * @param topic The topic.
+   * @param msg Text (a string) or binary (bytes).
+   * @param options Whether this connection gets it too.
+   * @returns How many local subscribers queued the message.
+   */
+  publish(topic: string, msg: string | Uint8Array, options: PublishOptions = {}): number {
+    return Protocol.#topicsOf(this.users).publish(topic, msg, this, options.includeSelf === true);
+  }
+
+  /**
+   * Publishes a message to every open subscriber of a topic among the connections
+   * sharing `users` (and, through the attached bus, on other workers and nodes), as a
+   * server would, not on behalf of a connection.
+   *
+   * @example
+   * ```ts
+   * import { assertEquals } from "@std/assert";
+   * import { Protocol } from "./protocol.ts";
+   *
+   * const users = new Map<string, Protocol>();
+   * assertEquals(Protocol.publish(users, "news", "hello"), 0); // no one is subscribed
+   * ```
+   *
+   * @param users The shared map of connections.
+   * @param topic The topic.
+   * @param msg The message.
+   * @returns How many local subscribers queued the message.
+   */
+  static publish(users: Map<string, Protocol>, topic: string, msg: string | Uint8Array): number {
+    return Protocol.#topicsOf(users).publish(topic, msg);
+  }
+
+  static #topicsOf(users: Map<string, Protocol>): TopicRegistry<Protocol> {
+    return registryOf(users, Protocol.broadcast);
+  }
+
+  // An ended connection leaves all its topics.
+  #leaveTopics(): void {
+    existingRegistry<Protocol>(this.users)?.leaveAll(this);
+  }
+  // --- End of topics -------------------------------------------------------------------
+
   /**
    * Runs the connection until it ends: the handshake, then frames, then the close.
    * Never rejects; errors close the connection with the right code or status.
@@ -320,30 +531,130 @@ export class Protocol {
     this.#conn = conn;
     (conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
     const core = this.#core;
-    let connected = false;
     const handshakeTimer = setTimeout(() => this.#abort(), core.options.handshakeTimeout);
     try {
       while (core.state === "connecting") {
         if (!core.reading) await this.#answer();
-        else if (!(await this.#read())) return;
+        else if (!(await this.#read())) break;
       }
-      clearTimeout(handshakeTimer);
-      if (core.state !== "open") return;
-      this.users.set(this.id, this);
-      connected = true;
-      this.#startHeartbeat();
-      this.#callback(() => this.onConnect());
-      this.#dispatch(); // frames that came with the request head
-      while (core.reading && (await this.#read()));
     } catch (error) {
       if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
     } finally {
       clearTimeout(handshakeTimer);
-      await this.#finish();
-      if (connected) {
-        this.users.delete(this.id);
-        this.#callback(() => this.onDisconnect());
+    }
+    if (core.state === "open") return this.#run();
+    await this.#finish();
+    this.#leaveTopics(); // subscribed before the handshake failed, perhaps
+  }
+
+  /**
+   * Connects to a WebSocket server as a client (RFC 6455 4.1) and resolves once the
+   * opening handshake is done and `onConnect` has run; the connection then runs on
+   * its own, as one from `serve` does. Rejects with a {@linkcode ProtocolError} when
+   * the handshake fails (its `status` is the server's answer: 403, or 101 with a
+   * wrong accept key), or with the network's error; redirects are not followed.
+   * Every frame is masked with a fresh random key; a masked frame from the server
+   * fails the connection with 1002. A server that closes right after the handshake
+   * gives a connection that is already closing or closed when this resolves (as in
+   * browsers). Failures without an answer have the codes `WS_ERR_HANDSHAKE_TIMEOUT` and
+   * `WS_ERR_HANDSHAKE_CLOSED`; their `status` (400) is not the server's.
+   *
+   * @example
+   * ```ts ignore
+   * // Needs a server on localhost:9999; the module's example connects to one of its own.
+   * import { Protocol } from "./protocol.ts";
+   *
+   * class Printer extends Protocol {
+   *   override onMessage(msg: string | Uint8Array) {
+   *     console.log(msg);
+   *   }
+   * }
+   * const client = await Printer.connect("ws://localhost:9999/");
+   * await client.sendMessage("hello");
+   * client.close();
+   * ```
+   *
+   * @param url A `ws://` or `wss://` URL.
+   * @param options What to offer and send, whom to trust, and the limits.
+   * @returns The connected instance.
+   */
+  static async connect<T extends Protocol>(
+    this: new (users: Map<string, Protocol>, options: ProtocolOptions) => T,
+    url: string | URL,
+    options: ClientOptions = {},
+  ): Promise<T> {
+    const target = new URL(url);
+    if (target.protocol !== "ws:" && target.protocol !== "wss:") {
+      throw new TypeError(`URL scheme must be ws: or wss:, got ${target.protocol}`);
+    }
+    if (target.hash !== "") throw new TypeError("A WebSocket URL has no fragment (RFC 6455 3)");
+    const handler = new this(options.users ?? new Map(), options);
+    await handler.#connect(target, options);
+    return handler;
+  }
+
+  async #connect(url: URL, options: ClientOptions): Promise<void> {
+    const core = this.#core = new Core(resolveOptions(options), "client");
+    this.#client = true;
+    const protocols = options.protocols ?? [];
+    const key = crypto.getRandomValues(new Uint8Array(16)).toBase64();
+    const head = requestHead({ url, key, protocols, headers: options.headers ?? {} });
+    const accept = await computeAcceptKey(key);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      this.#abort();
+    }, core.options.handshakeTimeout);
+    try {
+      const hostname = url.hostname.replace(/^\[|\]$/g, "");
+      const port = Number(url.port || (url.protocol === "wss:" ? 443 : 80));
+      const connecting = url.protocol === "wss:"
+        ? Deno.connectTls({ hostname, port, caCerts: options.caCerts })
+        : Deno.connect({ hostname, port });
+      this.#conn = await connecting;
+      if (timedOut) this.#conn.close();
+      (this.#conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
+      core.connect(head, accept, protocols);
+      this.#sync();
+      while (core.state === "connecting" && (await this.#read()));
+    } catch (error) {
+      this.#abort();
+      if (!timedOut) throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    // Frames that came with the answer may have closed it already: #run echoes their
+    // close (or sends the failure's) and waits for the server's FIN (RFC 6455 7.1.1).
+    if (!core.opened) {
+      this.#abort();
+      if (timedOut) {
+        throw new ProtocolError(`No handshake answer within ${core.options.handshakeTimeout} ms`, {
+          code: "WS_ERR_HANDSHAKE_TIMEOUT",
+        });
       }
+      throw core.handshakeError ??
+        new ProtocolError("Connection closed before the handshake answer", { code: "WS_ERR_HANDSHAKE_CLOSED" });
+    }
+    this.protocol = core.protocol;
+    this.#run();
+  }
+
+  // An open connection, until it ends: callbacks, reading, the close.
+  async #run(): Promise<void> {
+    const core = this.#core;
+    this.users.set(this.id, this);
+    this.#startHeartbeat();
+    this.#callback(() => this.onConnect());
+    this.#dispatch(); // frames that came with the handshake
+    try {
+      while (core.reading && (await this.#read()));
+    } catch (error) {
+      if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
+    } finally {
+      await this.#finish();
+      this.#leaveTopics();
+      this.users.delete(this.id);
+      this.#callback(() => this.onDisconnect());
     }
   }
 
@@ -382,8 +693,11 @@ export class Protocol {
       if ((await this.onHandshake(event.head)) === false) {
         throw new ProtocolError("Connection refused", { status: 403 });
       }
-      this.protocol = selected ?? "";
-      core.accept(await computeAcceptKey(event.key), this.protocol, Date.now());
+      const accept = await computeAcceptKey(event.key);
+      // The handshake timeout or close() may have dropped the connection while we awaited.
+      if (core.state !== "connecting") return;
+      core.accept(accept, selected ?? "", Date.now());
+      this.protocol = core.protocol;
       this.#request = undefined;
     } catch (error) {
       if (!(error instanceof WebSocketError)) console.error(`[${this.id}] handshake callback failed:`, error);
@@ -395,9 +709,12 @@ export class Protocol {
 
   // Runs the callbacks for what the core received, then writes what it queued.
   #dispatch(): void {
-    for (const event of this.#core.takeEvents()) {
-      if (event.type === "message") this.#callback(() => this.onMessage(event.data));
-      else if (event.type === "error") console.error(`[${this.id}] unexpected error, closed with 1011:`, event.error);
+    const core = this.#core;
+    for (let events = core.takeEvents(); events.length > 0; events = core.takeEvents()) {
+      for (const event of events) {
+        if (event.type === "message") this.#callback(() => this.onMessage(event.data));
+        else if (event.type === "error") console.error(`[${this.id}] unexpected error, closed with 1011:`, event.error);
+      }
     }
     this.#sync();
   }
@@ -521,9 +838,10 @@ export class Protocol {
       this.#sync();
       while (this.#writing !== undefined) await this.#writing;
       // RFC 6455 7.1.1: the server closes TCP first. Half-close, then wait for the
-      // peer's FIN, so unread bytes do not turn our close into a reset.
+      // peer's FIN, so unread bytes do not turn our close into a reset. A client waits
+      // for the server's FIN.
       if (!this.#connClosed) {
-        await this.#conn!.closeWrite();
+        if (!this.#client) await this.#conn!.closeWrite();
         const drain = new Uint8Array(1024);
         while (!this.#connClosed && (await this.#conn!.read(drain)) !== null);
       }

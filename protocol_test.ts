@@ -7,6 +7,7 @@ import {
   encoder,
   handshake,
   KEY,
+  memoryPair,
   RawClient,
   Recorder,
   recordingServer,
@@ -16,6 +17,7 @@ import {
 } from "./test_util.ts";
 
 const utf8 = (text: string) => encoder.encode(text);
+const pattern = (size: number) => new Uint8Array(size).map((_, i) => (i * 31) & 255);
 
 // ---------------------------------------------------------------- RFC 6455 4.2: opening handshake
 
@@ -89,6 +91,11 @@ const REJECTIONS: [string, string, number][] = [
   ["two keys", handshake({ "Sec-WebSocket-Key": `${KEY}, ${KEY}` }), 400],
   ["missing version", handshake({ "Sec-WebSocket-Version": null }), 400],
   ["version 8", handshake({ "Sec-WebSocket-Version": "8" }), 426],
+  // RFC 6455 4.2.2: exactly 13, not "13 or above".
+  ["version 14", handshake({ "Sec-WebSocket-Version": "14" }), 426],
+  ["version abc", handshake({ "Sec-WebSocket-Version": "abc" }), 426],
+  ["version list 13, 8", handshake({ "Sec-WebSocket-Version": "13, 8" }), 426],
+  ["two version lines, 13 and 8", handshake({ "sec-websocket-version": "8" }), 426],
   ["malformed header line", handshake({ "Bad Header": "x" }), 400],
   ["obsolete line folding", handshake({ "X-A": "a\r\n  folded" }), 400],
   ["head over 16 KiB", handshake({ "X-Big": "x".repeat(17 * 1024) }), 431],
@@ -104,14 +111,17 @@ Deno.test("RFC 6455 4.2.1, 4.2.2: bad handshakes get their HTTP status and a clo
     for (const [name, request, status] of REJECTIONS) {
       await t.step(`${name} → ${status}`, async () => {
         const client = await RawClient.connect(server.port);
-        await client.write(request);
-        const answer = await client.readAnswer();
-        assertEquals(answer.status, status, answer.body);
-        assertEquals(answer.headers.get("connection"), "close");
-        if (status === 426) assertEquals(answer.headers.get("sec-websocket-version"), "13");
-        if (status === 405) assertEquals(answer.headers.get("allow"), "GET");
-        await client.expectEnd();
-        client.close();
+        try {
+          await client.write(request);
+          const answer = await client.readAnswer();
+          assertEquals(answer.status, status, answer.body);
+          assertEquals(answer.headers.get("connection"), "close");
+          if (status === 426) assertEquals(answer.headers.get("sec-websocket-version"), "13");
+          if (status === 405) assertEquals(answer.headers.get("allow"), "GET");
+          await client.expectEnd();
+        } finally {
+          client.close();
+        }
       });
     }
     assertEquals(server.users.size, 0);
@@ -131,21 +141,29 @@ Deno.test("RFC 6455 4.2.2: onHandshake can refuse with 403, a chosen status, or 
   ];
   for (const [name, verdict, status] of verdicts) {
     await t.step(name, async () => {
+      // Refuses requests for /refuse only, so that a later handshake can get through.
       class Refuser extends Recorder {
-        override onHandshake() {
-          return verdict();
+        override onHandshake(header: string) {
+          super.onHandshake(header);
+          return this.request?.path === "/refuse" ? verdict() : undefined;
         }
       }
-      const server = new TestServer((users) => new Refuser(users));
+      const server = new TestServer((users) => new Refuser(users, { pingInterval: 0, idleTimeout: 0 }));
       const originalError = console.error;
       console.error = () => {}; // the 500 case logs the application's error
       try {
         const client = await RawClient.connect(server.port);
-        await client.write(handshake());
+        await client.write(handshake({}, "GET /refuse HTTP/1.1"));
         assertEquals((await client.readAnswer()).status, status);
+        await client.expectEnd();
         client.close();
-        // The server keeps serving: a handshake that onHandshake accepts now gets through.
         assertEquals(server.users.size, 0);
+        // The server keeps serving: a handshake that onHandshake accepts gets through.
+        const later = await RawClient.open(server.port);
+        await later.send(Opcode.Text, "after a refusal");
+        assertEquals(await (await server.handler(1)).received(1), ["after a refusal"]);
+        assertEquals(server.users.size, 1);
+        later.close();
       } finally {
         console.error = originalError;
         await server.close();
@@ -534,8 +552,8 @@ Deno.test("API: sendMessage resolves true once written, false once closed", () =
     const client = await RawClient.open(server.port);
     const handler = await server.handler(0);
     await handler.connected.promise;
-    assertEquals(await handler.sendMessage("text"), true);
-    assertEquals(await handler.sendMessage(new Uint8Array([1, 2])), true);
+    assertEquals(await within(handler.sendMessage("text")), true);
+    assertEquals(await within(handler.sendMessage(new Uint8Array([1, 2]))), true);
     assertEquals((await client.readFrame())?.message(), "text");
     assertEquals((await client.readFrame())?.message(), new Uint8Array([1, 2]));
     await client.sendClose(1000);
@@ -546,18 +564,40 @@ Deno.test("API: sendMessage resolves true once written, false once closed", () =
     assertEquals(await handler.sendMessage("too late"), false);
   }));
 
-Deno.test("API: Protocol.broadcast sends the very same bytes to every open user", () =>
-  withServer(async (server) => {
-    const clients = [await RawClient.open(server.port), await RawClient.open(server.port)];
-    const handlers = [await server.handler(0), await server.handler(1)];
+Deno.test("API: Protocol.broadcast encodes once: every open user is handed the very same bytes objects", async () => {
+  // Three users on memory connections, which record the buffers written; one is closing.
+  const users = new Map<string, Protocol>();
+  const pairs = [memoryPair(), memoryPair(), memoryPair()];
+  const servers = pairs.map(([server]) => server);
+  const handlers = pairs.map(() => new Recorder(users, { pingInterval: 0, idleTimeout: 0, closeTimeout: 300 }));
+  const served = handlers.map((handler, i) => handler.serve(servers[i]));
+  const clients = pairs.map(([, peer]) => RawClient.over(peer));
+  try {
+    for (const client of clients) {
+      await client.write(handshake());
+      assertEquals((await client.readAnswer()).status, 101);
+    }
     await Promise.all(handlers.map((handler) => handler.connected.promise));
-    const message = "x".repeat(300);
-    assertEquals(Protocol.broadcast(server.users.values(), message), 2);
-    const frames = await Promise.all(clients.map((client) => client.readFrame()));
-    assertEquals(frames[0]?.payload, frames[1]?.payload);
-    assertEquals(frames[0]?.message(), message);
+    handlers[2].close(1000);
+    assertEquals((await clients[2].readUntilClose()).code, 1000);
+    const open = servers.slice(0, 2);
+    // A small text frame, written alone; a large binary: its header, then the caller's bytes.
+    for (const [message, writesEach] of [["x".repeat(300), 1], [pattern(100_000), 2]] as const) {
+      const from = open.map((server) => server.writes.length);
+      const sentTo = servers.map((server) => server.writes.length);
+      assertEquals(Protocol.broadcast(users.values(), message), 2);
+      await open[0].until(() => open.every((server, i) => server.writes.length === from[i] + writesEach), "writes");
+      const [first, second] = open.map((server, i) => server.writes.slice(from[i]).map((call) => call.given));
+      for (let i = 0; i < writesEach; i++) assert(first[i] === second[i], `write ${i}: not the same bytes object`);
+      if (message instanceof Uint8Array) assert(first[1] === message, "the payload was copied");
+      for (const client of clients.slice(0, 2)) assertEquals((await client.readFrame())?.message(), message);
+      assertEquals(servers[2].writes.length, sentTo[2], "sent to a closing user");
+    }
+  } finally {
     clients.forEach((client) => client.close());
-  }));
+    await within(Promise.all(served));
+  }
+});
 
 Deno.test("API: a throwing or rejecting callback closes only its connection with 1011", async (t) => {
   for (const mode of ["throws", "rejects"]) {

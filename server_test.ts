@@ -53,7 +53,7 @@ function socketPeer(
     send: (text) => socket.send(text),
     sendBinary: (size) => socket.send(pattern(size)),
     close: (code, reason) => socket.close(code, reason),
-    done: () => closed,
+    done: () => within(closed, TIMEOUT, "the client to close"),
   };
 }
 
@@ -120,7 +120,7 @@ function pythonPeer(url: string): Peer {
     close: (code, reason) => command({ op: "close", code, reason }),
     async done() {
       await stdin.close().catch(() => {});
-      await reading;
+      await within(reading, TIMEOUT, "the python client's output to end");
       assertEquals((await within(child.status, TIMEOUT, "python client to exit")).code, 0);
     },
   };
@@ -377,22 +377,28 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
 
 // ---------------------------------------------------------------- the chat page
 
-Deno.test("chat page: GET / is the page, other paths 404, other methods 405, --no-page 400", async () => {
+Deno.test("chat page: GET / and room paths are the page, file paths 404, other methods 405, --no-page 400", async () => {
   const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true });
   const plain = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, page: false });
   try {
     const base = `http://127.0.0.1:${server.addr.port}`;
-    const page = await fetch(`${base}/`);
+    // Each request, body included, is aborted after TIMEOUT rather than waited for.
+    const signal = AbortSignal.timeout(TIMEOUT);
+    const page = await fetch(`${base}/`, { signal });
     assertEquals(page.status, 200);
     assertEquals(page.headers.get("content-type"), "text/html; charset=utf-8");
     assertStringIncludes(await page.text(), "<!doctype html>");
-    const missing = await fetch(`${base}/other`);
+    // Rooms are paths: the page at /lobby joins room /lobby.
+    const room = await fetch(`${base}/lobby`, { signal });
+    assertEquals(room.status, 200);
+    assertStringIncludes(await room.text(), "location.pathname");
+    const missing = await fetch(`${base}/favicon.ico`, { signal });
     assertEquals(missing.status, 404);
     await missing.body?.cancel();
-    const post = await fetch(`${base}/`, { method: "POST", body: "x" });
+    const post = await fetch(`${base}/`, { method: "POST", body: "x", signal });
     assertEquals(post.status, 405);
     await post.body?.cancel();
-    const refused = await fetch(`http://127.0.0.1:${plain.addr.port}/`);
+    const refused = await fetch(`http://127.0.0.1:${plain.addr.port}/`, { signal });
     assertEquals(refused.status, 400);
     await refused.body?.cancel();
   } finally {

@@ -1,9 +1,10 @@
-// Test helpers: a Protocol server on loopback that records what happens, and a raw
-// client that speaks WebSocket byte by byte. Not part of the published module.
+// Test helpers: a Protocol server on loopback that records what happens, an in-memory
+// connection that writes short and reads slowly on demand, and a raw client that speaks
+// WebSocket byte by byte over either. Not part of the published module.
 
 import { assert, assertEquals } from "@std/assert";
 import { decodeClosePayload, encodeClosePayload, encodeFrame, Frame, Opcode } from "./frame.ts";
-import { Protocol, type ProtocolOptions } from "./protocol.ts";
+import { type Connection, Protocol, type ProtocolOptions } from "./protocol.ts";
 
 export const encoder = new TextEncoder();
 
@@ -35,11 +36,30 @@ export async function within<T>(promise: Promise<T>, ms = TIMEOUT, what = "opera
   }
 }
 
-/** A handler that records its events; tests subclass it to change behaviour. */
+/** A promise settled by `resolve`, whose `promise` rejects if it has not within `TIMEOUT` of being asked for. */
+export interface Bounded {
+  resolve(): void;
+  readonly promise: Promise<void>;
+}
+
+function bounded(what: string): Bounded {
+  const { promise, resolve } = Promise.withResolvers<void>();
+  return {
+    resolve: () => resolve(),
+    get promise() {
+      return within(promise, TIMEOUT, what);
+    },
+  };
+}
+
+/**
+ * A handler that records its events; tests subclass it to change behaviour. Waiting on
+ * `connected` or `disconnected` fails after `TIMEOUT` instead of hanging.
+ */
 export class Recorder extends Protocol {
   header = "";
-  connected = Promise.withResolvers<void>();
-  disconnected = Promise.withResolvers<void>();
+  connected: Bounded = bounded("onConnect");
+  disconnected: Bounded = bounded("onDisconnect");
   disconnects = 0;
   messages: (string | Uint8Array)[] = [];
   #waiters: (() => void)[] = [];
@@ -149,6 +169,258 @@ export function withClient(
   }, options);
 }
 
+// ---------------------------------------------------------------- in-memory connections
+
+/** How one end of a memory connection behaves. */
+export interface MemoryEndOptions {
+  /**
+   * Most bytes one write call takes: a number for every call, or a script of lengths,
+   * one a call, after which calls take everything. Default: no limit.
+   */
+  writeLimit?: number | readonly number[];
+  /** Most bytes one read returns: a number, or a script of lengths used in turn, cycled. Default: no limit. */
+  readLimit?: number | readonly number[];
+  /** Awaited before each read returns. Default: one resolved promise, so a read never settles at once. */
+  readDelay?: () => Promise<void>;
+}
+
+/** A write call a memory end received. */
+export interface WriteCall {
+  /** The buffer the caller passed: the object itself, to check identity. */
+  given: Uint8Array;
+  /** A copy of the bytes this call took (the caller may reuse its buffer). */
+  taken: Uint8Array;
+}
+
+// Wakes whoever waits for something to happen on either end of a memory pair.
+class Signal {
+  #next = Promise.withResolvers<void>();
+  notify(): void {
+    this.#next.resolve();
+    this.#next = Promise.withResolvers<void>();
+  }
+  get next(): Promise<void> {
+    return this.#next.promise;
+  }
+}
+
+// One direction of a memory pair: bytes written at one end, not yet read at the other.
+class Pipe {
+  #chunks: Uint8Array[] = [];
+  #writerDone = false; // closeWrite or close at the writing end: EOF once drained
+  #readerGone = false; // close at the reading end: writes fail as on a reset socket
+  #signal: Signal;
+
+  constructor(signal: Signal) {
+    this.#signal = signal;
+  }
+
+  get readerGone(): boolean {
+    return this.#readerGone;
+  }
+
+  push(bytes: Uint8Array): void {
+    if (bytes.length > 0) this.#chunks.push(bytes.slice());
+    this.#signal.notify();
+  }
+
+  endWrites(): void {
+    this.#writerDone = true;
+    this.#signal.notify();
+  }
+
+  endReads(): void {
+    this.#readerGone = true;
+    this.#chunks = [];
+    this.#signal.notify();
+  }
+
+  // Up to `limit` bytes into `into`; null at EOF; throws once the reading end is closed.
+  async take(into: Uint8Array, limit: number): Promise<number | null> {
+    while (this.#chunks.length === 0 && !this.#writerDone && !this.#readerGone) await this.#signal.next;
+    if (this.#readerGone) throw new Deno.errors.BadResource("memory connection closed");
+    if (this.#chunks.length === 0) return null;
+    let count = 0;
+    while (count < Math.min(limit, into.length) && this.#chunks.length > 0) {
+      const chunk = this.#chunks[0];
+      const piece = chunk.subarray(0, Math.min(chunk.length, limit - count, into.length - count));
+      into.set(piece, count);
+      count += piece.length;
+      if (piece.length === chunk.length) this.#chunks.shift();
+      else this.#chunks[0] = chunk.subarray(piece.length);
+    }
+    return count;
+  }
+}
+
+/**
+ * One end of an in-memory connection: a {@linkcode Connection} that can write short,
+ * read in small pieces, hold writes in flight, and records every call.
+ */
+export class MemoryEnd implements Connection {
+  /** Every write call, in order. */
+  readonly writes: WriteCall[] = [];
+  /** What each read returned, in order. */
+  readonly reads: (number | null)[] = [];
+  /** The calls in order: "write" (each call), "closeWrite", "close". */
+  readonly log: string[] = [];
+  #in: Pipe;
+  #out: Pipe;
+  #signal: Signal;
+  #options: MemoryEndOptions;
+  #writeCalls = 0;
+  #readCalls = 0;
+  #closed = false;
+  #hold: Promise<void> | undefined;
+  #inFlight = 0;
+
+  constructor(incoming: Pipe, outgoing: Pipe, signal: Signal, options: MemoryEndOptions) {
+    this.#in = incoming;
+    this.#out = outgoing;
+    this.#signal = signal;
+    this.#options = options;
+  }
+
+  /** Bytes taken by write calls so far. */
+  get bytesWritten(): number {
+    return this.writes.reduce((sum, call) => sum + call.taken.length, 0);
+  }
+
+  /** Write calls under way (held by `hold()`). */
+  get writesInFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** Whether `close()` was called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Write calls from now on wait, until the returned function is called; calls already held stay held by their own hold. */
+  hold(): () => void {
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#hold = promise;
+    return () => {
+      if (this.#hold === promise) this.#hold = undefined;
+      resolve();
+    };
+  }
+
+  /** Waits until `check()` holds, re-checking whenever either end of the pair does anything. */
+  async until(check: () => boolean, what: string, ms = TIMEOUT): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!check()) await within(this.#signal.next, Math.max(1, deadline - Date.now()), what);
+  }
+
+  async read(into: Uint8Array): Promise<number | null> {
+    if (this.#closed) throw new Deno.errors.BadResource("memory connection closed");
+    const limit = pick(this.#options.readLimit, this.#readCalls++, true);
+    const count = await this.#in.take(into, limit);
+    await (this.#options.readDelay?.() ?? Promise.resolve());
+    this.reads.push(count);
+    this.#signal.notify();
+    return count;
+  }
+
+  async write(bytes: Uint8Array): Promise<number> {
+    this.log.push("write");
+    const limit = pick(this.#options.writeLimit, this.#writeCalls++, false);
+    this.#inFlight++;
+    this.#signal.notify();
+    try {
+      if (this.#hold !== undefined) await this.#hold;
+      // Checked after the hold, as a socket reports a reset on the write that meets it.
+      if (this.#closed) throw new Deno.errors.BadResource("memory connection closed");
+      if (this.log.includes("closeWrite")) throw new Deno.errors.BrokenPipe("write after closeWrite");
+      if (this.#out.readerGone) throw new Deno.errors.BrokenPipe("the other end is closed");
+      const taken = bytes.slice(0, limit);
+      this.writes.push({ given: bytes, taken });
+      this.#out.push(taken);
+      return taken.length;
+    } finally {
+      this.#inFlight--;
+      this.#signal.notify();
+    }
+  }
+
+  closeWrite(): Promise<void> {
+    if (this.#closed) return Promise.reject(new Deno.errors.BadResource("memory connection closed"));
+    this.log.push("closeWrite");
+    this.#out.endWrites();
+    return Promise.resolve();
+  }
+
+  close(): void {
+    if (this.#closed) throw new Deno.errors.BadResource("memory connection closed");
+    this.#closed = true;
+    this.log.push("close");
+    this.#out.endWrites();
+    this.#in.endReads();
+  }
+}
+
+// The limit of the `call`-th call: a fixed number, a script (cycled for reads), or none.
+function pick(limit: number | readonly number[] | undefined, call: number, cycle: boolean): number {
+  if (limit === undefined) return Infinity;
+  if (typeof limit === "number") return limit;
+  if (call < limit.length) return limit[call];
+  return cycle ? limit[call % limit.length] : Infinity;
+}
+
+/** Two connected memory ends: what one writes the other reads. */
+export function memoryPair(
+  serverOptions: MemoryEndOptions = {},
+  clientOptions: MemoryEndOptions = {},
+): [server: MemoryEnd, client: MemoryEnd] {
+  const signal = new Signal();
+  const toServer = new Pipe(signal);
+  const toClient = new Pipe(signal);
+  return [
+    new MemoryEnd(toServer, toClient, signal, serverOptions),
+    new MemoryEnd(toClient, toServer, signal, clientOptions),
+  ];
+}
+
+/** How `withMemoryClient` sets up its connection. */
+export interface MemorySetup<H extends Protocol> {
+  /** Handler options, over short handshake and close timeouts and no heartbeats. */
+  options?: ProtocolOptions;
+  /** How the server end behaves. */
+  conn?: MemoryEndOptions;
+  /** The handler class (default `Recorder`). */
+  handler?: new (users: Map<string, Protocol>, options: ProtocolOptions) => H;
+  /** Whether the client completes the handshake before `body` runs (default true). */
+  open?: boolean;
+}
+
+/**
+ * Serves one handler over a memory connection, runs `body` with a raw client on the
+ * other end, then closes the client and waits (bounded) for `serve` to end.
+ */
+export async function withMemoryClient<H extends Protocol = Recorder>(
+  body: (client: RawClient, handler: H, server: MemoryEnd) => Promise<void>,
+  setup: MemorySetup<H> = {},
+): Promise<void> {
+  const [server, peer] = memoryPair(setup.conn);
+  const options = { pingInterval: 0, idleTimeout: 0, handshakeTimeout: 1000, closeTimeout: 1000, ...setup.options };
+  const Handler = setup.handler ??
+    (Recorder as unknown as new (users: Map<string, Protocol>, options: ProtocolOptions) => H);
+  const handler = new Handler(new Map(), options);
+  const served = handler.serve(server);
+  const client = RawClient.over(peer);
+  try {
+    if (setup.open ?? true) {
+      await client.write(handshake());
+      const answer = await client.readAnswer();
+      assertEquals(answer.status, 101, answer.body);
+    }
+    await body(client, handler, server);
+  } finally {
+    client.close();
+    await within(served, 10_000, "serve() to end");
+  }
+}
+
 export const KEY = "dGhlIHNhbXBsZSBub25jZQ==";
 export const ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
@@ -176,20 +448,27 @@ export interface HttpAnswer {
   body: string;
 }
 
-/** A raw client: writes bytes, reads the HTTP answer and server frames. */
+/** A raw client over TCP or a memory end: writes bytes, reads the HTTP answer and server frames. */
 export class RawClient {
-  readonly conn: Deno.TcpConn;
+  readonly conn: Connection;
   /** Whether server frames may have RSV1 (permessage-deflate negotiated); their payloads stay compressed. */
   rsv1 = false;
+  // Bytes [#start, end) of #buffer are received and not yet consumed.
   #buffer = new Uint8Array(0);
+  #start = 0;
   #eof = false;
 
-  private constructor(conn: Deno.TcpConn) {
+  private constructor(conn: Connection) {
     this.conn = conn;
   }
 
   static async connect(port: number): Promise<RawClient> {
     return new RawClient(await Deno.connect({ hostname: "127.0.0.1", port }));
+  }
+
+  /** A client on a connection already made, such as the client end of `memoryPair()`. */
+  static over(conn: Connection): RawClient {
+    return new RawClient(conn);
   }
 
   /** Connects and completes a valid handshake. */
@@ -230,26 +509,35 @@ export class RawClient {
       this.#eof = true;
       return false;
     }
-    const joined = new Uint8Array(this.#buffer.length + count);
-    joined.set(this.#buffer);
-    joined.set(chunk.subarray(0, count), this.#buffer.length);
+    const pending = this.#buffer.subarray(this.#start);
+    const joined = new Uint8Array(pending.length + count);
+    joined.set(pending);
+    joined.set(chunk.subarray(0, count), pending.length);
     this.#buffer = joined;
+    this.#start = 0;
     return true;
+  }
+
+  // The bytes received and not yet consumed.
+  get #pending(): Uint8Array {
+    return this.#buffer.subarray(this.#start);
   }
 
   /** Reads the HTTP response head and its body (by Content-Length). */
   async readAnswer(): Promise<HttpAnswer> {
     const deadline = Date.now() + TIMEOUT;
     let headEnd = -1;
-    while ((headEnd = latin1(this.#buffer).indexOf("\r\n\r\n")) < 0) {
+    while ((headEnd = latin1(this.#pending).indexOf("\r\n\r\n")) < 0) {
       if (!(await this.#fill(deadline))) throw new Error(`connection ended before an HTTP answer`);
     }
-    const [statusLine, ...lines] = latin1(this.#buffer.subarray(0, headEnd)).split("\r\n");
+    const [statusLine, ...lines] = latin1(this.#pending.subarray(0, headEnd)).split("\r\n");
     const headers = new Headers(lines.map((line) => line.split(/:\s*/, 2) as [string, string]));
     const bodyLength = Number(headers.get("content-length") ?? 0);
-    while (this.#buffer.length < headEnd + 4 + bodyLength) await this.#fill(deadline);
-    const body = new TextDecoder().decode(this.#buffer.subarray(headEnd + 4, headEnd + 4 + bodyLength));
-    this.#buffer = this.#buffer.slice(headEnd + 4 + bodyLength);
+    while (this.#pending.length < headEnd + 4 + bodyLength) {
+      if (!(await this.#fill(deadline))) throw new Error(`connection ended inside the HTTP answer's body`);
+    }
+    const body = new TextDecoder().decode(this.#pending.subarray(headEnd + 4, headEnd + 4 + bodyLength));
+    this.#start += headEnd + 4 + bodyLength;
     return { status: Number(statusLine.split(" ")[1]), headers, body };
   }
 
@@ -257,9 +545,9 @@ export class RawClient {
   async readFrame(ms = TIMEOUT): Promise<Frame | null> {
     const deadline = Date.now() + ms;
     while (true) {
-      const frame = Frame.decode(this.#buffer, { masked: false, rsv1: this.rsv1 });
+      const frame = Frame.decode(this.#pending, { masked: false, rsv1: this.rsv1 });
       if (frame) {
-        this.#buffer = this.#buffer.slice(frame.length());
+        this.#start += frame.length();
         return frame;
       }
       if (!(await this.#fill(deadline))) return null;

@@ -2,24 +2,29 @@
 //
 //   cc -O2 -Wall -Wextra -o loadgen loadgen.c
 //   loadgen [--host 127.0.0.1|::1] echo PORT CONNS SIZE WINDOW SECONDS [text|binary]
-//   loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS
+//   loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS [own|all]
 //   loadgen [--host 127.0.0.1|::1] connect PORT COUNT
 //
 // It opens its connections (PARALLEL handshakes at a time), then prints a JSON line
 // {"ready":true,...} with the handshakes' wall and CPU seconds, and reads commands from
 // stdin, one a line, while it keeps reading its sockets:
-//   echo, fanout: "run" does one run and prints one JSON line of results;
+//   echo, fanout: "run" does one run and prints one JSON line of results ("run S" one of
+//                 S seconds instead of SECONDS, such as a warm-up);
 //                 "quit" or end of input closes the connections and exits.
 //   connect:      the connections stay idle (what arrives is discarded) until any line,
 //                 end of input or IDLE_CONNECT_SECONDS; then they are closed.
 // So `echo run | loadgen echo 4000 64 32 1 2` does one run.
+// The handshakes ask for /echo in echo mode and for / otherwise: the reference servers in
+// bench/servers/ echo on /echo and broadcast on every other path.
 //
 // echo:    every connection keeps WINDOW messages of SIZE bytes in flight; each echo is
 //          answered by a new message until SECONDS have passed, then the ones in flight
 //          are awaited. Latency: from queueing a message to reading its echo. Each echo's
 //          type and length are checked, and its first and last CHECK_BYTES bytes.
 // fanout:  RECEIVERS+1 connections; the first is the sender, which receives too. It keeps
-//          WINDOW 32-byte binary messages in flight, one done when its own copy comes back.
+//          WINDOW 32-byte binary messages in flight, one done when its own copy comes back
+//          (own, the default), or once every connection has received it (all: the window
+//          then bounds the server's backlog whatever order it delivers in).
 //          Each message starts with a 32-bit big-endian sequence number: every delivery's
 //          latency is measured from its message's send time, and every connection must
 //          receive every message once, in order. Text frames (connect notices) are skipped.
@@ -227,6 +232,8 @@ static struct {
   char line[64];
   size_t line_len;
   unsigned commands;  // complete lines not yet handled
+  double command_seconds[16];  // their run durations (a ring from commands_first)
+  unsigned commands_first;
   bool input_closed;
 
   // the current run
@@ -234,6 +241,8 @@ static struct {
   uint64_t start, deadline, last_read;
   uint64_t messages, in_flight;         // echo
   uint64_t sent, acked, deliveries;     // fanout
+  bool ack_all;                         // fanout: a message is done once all have received it
+  uint32_t *seq_pending;                // fanout, ack_all: deliveries still to come, by seq
   uint32_t seq;
   uint64_t *seq_sent_at;
   float *latency;  // ms
@@ -339,6 +348,7 @@ static void fanout_send(uint64_t now) {
     payload[2] = (uint8_t)(seq >> 8);
     payload[3] = (uint8_t)seq;
     G.seq_sent_at[seq % SEQ_RING] = now;
+    if (G.ack_all) G.seq_pending[seq % SEQ_RING] = G.conns;
     G.sent++;
     bytes_append(&sender->out, frame, encode_frame(frame, BINARY, payload, FANOUT_SIZE, G.mask));
     queued = true;
@@ -368,7 +378,7 @@ static void on_message(Conn *c, uint64_t now) {
     c->next_seq++;
     record_latency(G.seq_sent_at[seq % SEQ_RING], now);
     G.deliveries++;
-    if (c->index == 0) G.acked++;
+    if (G.ack_all ? --G.seq_pending[seq % SEQ_RING] == 0 : c->index == 0) G.acked++;
     return;
   }
   if (r->message_opcode != (G.text ? TEXT : BINARY)) fail("connection %u: an echo of the wrong type", c->index);
@@ -536,7 +546,7 @@ static void on_readable(Conn *c) {
     if (now >= G.deadline) G.sending = false;
     else echo_send(c, c->received, now);
   }
-  if (G.mode == FANOUT && c->index == 0) fanout_send(now);
+  if (G.mode == FANOUT && (c->index == 0 || G.ack_all)) fanout_send(now);
 }
 
 // ---------------------------------------------------------------- connections
@@ -589,7 +599,13 @@ static void on_input(void) {
         epoll_ctl(G.epoll, EPOLL_CTL_DEL, STDIN_FILENO, NULL);
         return;
       }
-      if (G.mode != CONNECT && strcmp(G.line, "run") != 0) fail("unknown command '%s' (run or quit)", G.line);
+      double seconds = G.seconds;
+      if (G.mode != CONNECT) {
+        if (strncmp(G.line, "run ", 4) == 0) seconds = parse_seconds(G.line + 4);
+        else if (strcmp(G.line, "run") != 0) fail("unknown command '%s' (run [SECONDS] or quit)", G.line);
+      }
+      if (G.commands == 16) fail("more than 16 commands queued");
+      G.command_seconds[(G.commands_first + G.commands) % 16] = seconds;
       G.commands++;
     } else if (G.line_len + 1 < sizeof G.line) {
       G.line[G.line_len++] = buffer[i];
@@ -643,7 +659,8 @@ static void open_connections(void) {
 }
 
 // Reads the sockets until a command line (true), the end of input or `seconds` (false).
-static bool wait_for_command(double seconds) {
+// The command's run duration goes to *run_seconds.
+static bool wait_for_command(double seconds, double *run_seconds) {
   uint64_t deadline = now_ns() + (uint64_t)(seconds * 1e9);
   while (!G.input_closed && G.commands == 0) {
     if (now_ns() > deadline) {
@@ -653,18 +670,20 @@ static bool wait_for_command(double seconds) {
     poll_once(100);
   }
   if (G.commands == 0) return false;
+  *run_seconds = G.command_seconds[G.commands_first];
+  G.commands_first = (G.commands_first + 1) % 16;
   G.commands--;
   return true;
 }
 
 // ---------------------------------------------------------------- runs
 
-static void run(void) {
+static void run(double seconds) {
   double cpu0 = cpu_seconds();
   uint64_t now = now_ns();
   G.running = G.sending = true;
   G.start = G.last_read = now;
-  G.deadline = now + (uint64_t)(G.seconds * 1e9);
+  G.deadline = now + (uint64_t)(seconds * 1e9);
   uint64_t hard_deadline = G.deadline + (uint64_t)(DRAIN_SECONDS * 1e9);
   G.messages = G.in_flight = G.sent = G.acked = G.deliveries = 0;
   G.latency_count = G.latency_seen = 0;
@@ -703,7 +722,7 @@ static void run(void) {
 
 static void usage(void) {
   fail("usage: loadgen [--host 127.0.0.1|::1] echo PORT CONNS SIZE WINDOW SECONDS [text|binary]\n"
-       "       loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS\n"
+       "       loadgen [--host 127.0.0.1|::1] fanout PORT RECEIVERS WINDOW SECONDS [own|all]\n"
        "       loadgen [--host 127.0.0.1|::1] connect PORT COUNT");
 }
 
@@ -729,12 +748,6 @@ static void parse_arguments(int argc, char **argv) {
   } else {
     fail("refusing target '%s': loopback only (127.0.0.1 or ::1)", host);
   }
-  int length = snprintf(G.request, sizeof G.request,
-                        "GET / HTTP/1.1\r\nHost: %s%s%s:%u\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                        G.addr.ss_family == AF_INET6 ? "[" : "", host, G.addr.ss_family == AF_INET6 ? "]" : "",
-                        port, KEY);
-  G.request_len = (size_t)length;
 
   const char *mode = argv[1];
   if (strcmp(mode, "echo") == 0 && (argc == 7 || argc == 8)) {
@@ -745,8 +758,10 @@ static void parse_arguments(int argc, char **argv) {
     G.seconds = parse_seconds(argv[6]);
     if (argc == 8 && strcmp(argv[7], "text") != 0 && strcmp(argv[7], "binary") != 0) usage();
     G.text = argc == 8 && strcmp(argv[7], "text") == 0;
-  } else if (strcmp(mode, "fanout") == 0 && argc == 6) {
+  } else if (strcmp(mode, "fanout") == 0 && (argc == 6 || argc == 7)) {
     G.mode = FANOUT;
+    if (argc == 7 && strcmp(argv[6], "own") != 0 && strcmp(argv[6], "all") != 0) usage();
+    G.ack_all = argc == 7 && strcmp(argv[6], "all") == 0;
     G.conns = (unsigned)parse_number(argv[3], 0, MAX_CONNS - 1, "RECEIVERS") + 1;
     G.window = (unsigned)parse_number(argv[4], 1, MAX_WINDOW, "WINDOW");
     G.seconds = parse_seconds(argv[5]);
@@ -756,6 +771,12 @@ static void parse_arguments(int argc, char **argv) {
   } else {
     usage();
   }
+  int length = snprintf(G.request, sizeof G.request,
+                        "GET %s HTTP/1.1\r\nHost: %s%s%s:%u\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                        G.mode == ECHO ? "/echo" : "/", G.addr.ss_family == AF_INET6 ? "[" : "", host,
+                        G.addr.ss_family == AF_INET6 ? "]" : "", port, KEY);
+  G.request_len = (size_t)length;
 }
 
 int main(int argc, char **argv) {
@@ -784,6 +805,7 @@ int main(int argc, char **argv) {
   }
   if (G.mode != CONNECT) G.latency = allocate(LATENCY_CAP * sizeof *G.latency);
   if (G.mode == FANOUT) G.seq_sent_at = allocate(SEQ_RING * sizeof *G.seq_sent_at);
+  if (G.mode == FANOUT) G.seq_pending = allocate(SEQ_RING * sizeof *G.seq_pending);
   G.read_buffer = allocate(READ_SIZE);
   G.conn = allocate(G.conns * sizeof *G.conn);
   G.epoll = epoll_create1(EPOLL_CLOEXEC);
@@ -800,10 +822,11 @@ int main(int argc, char **argv) {
   // stdin is watched from now on; a file (such as /dev/null) cannot be, and counts as ended.
   struct epoll_event event = {.events = EPOLLIN, .data.u32 = STDIN_TAG};
   if (epoll_ctl(G.epoll, EPOLL_CTL_ADD, STDIN_FILENO, &event) < 0) G.input_closed = true;
+  double seconds;
   if (G.mode == CONNECT) {
-    wait_for_command(IDLE_CONNECT_SECONDS);
+    wait_for_command(IDLE_CONNECT_SECONDS, &seconds);
   } else {
-    for (unsigned runs = 0; runs < 1000 && wait_for_command(IDLE_SECONDS); runs++) run();
+    for (unsigned runs = 0; runs < 1000 && wait_for_command(IDLE_SECONDS, &seconds); runs++) run(seconds);
   }
   for (unsigned i = 0; i < G.conns; i++) close(G.conn[i].fd);
   return 0;
