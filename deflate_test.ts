@@ -260,16 +260,18 @@ Deno.test("RFC 7692 7.2.3.2: without client context takeover, a message cannot r
 });
 
 Deno.test("RFC 7692 7.2.3.3-7.2.3.6: a stored block, BFINAL, two blocks, an empty fragment", () => {
-  const { core } = open("permessage-deflate", { mode: "context-takeover" });
-  core.receiveData(clientFrame(Opcode.Text, hex("00 05 00 fa ff 48 65 6c 6c 6f 00"))); // 7.2.3.3
-  core.receiveData(clientFrame(Opcode.Text, hex("f3 48 cd c9 c9 07 00 00"))); // 7.2.3.4: BFINAL set
-  // After a final block the stream starts again: a new message is read with a new window.
-  core.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00")));
-  core.receiveData(clientFrame(Opcode.Text, hex("f2 48 05 00 00 00 ff ff ca c9 c9 07 00"))); // 7.2.3.5
-  core.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00 00 00 ff ff"), { fin: false })); // 7.2.3.6
-  core.receiveData(clientFrame(Opcode.Continuation, hex("00"), { rsv1: false }));
-  assertEquals(messages(core), ["Hello", "Hello", "Hello", "Hello", "Hello"]);
-  assertEquals(core.state, "open");
+  for (const mode of ["no-context-takeover", "context-takeover"] as const) {
+    const { core } = open("permessage-deflate", { mode });
+    core.receiveData(clientFrame(Opcode.Text, hex("00 05 00 fa ff 48 65 6c 6c 6f 00"))); // 7.2.3.3
+    core.receiveData(clientFrame(Opcode.Text, hex("f3 48 cd c9 c9 07 00 00"))); // 7.2.3.4: BFINAL set
+    // After a final block the stream starts again: a new message is read with a new window.
+    core.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00")));
+    core.receiveData(clientFrame(Opcode.Text, hex("f2 48 05 00 00 00 ff ff ca c9 c9 07 00"))); // 7.2.3.5
+    core.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00 00 00 ff ff"), { fin: false })); // 7.2.3.6
+    core.receiveData(clientFrame(Opcode.Continuation, hex("00"), { rsv1: false }));
+    assertEquals(messages(core), ["Hello", "Hello", "Hello", "Hello", "Hello"]);
+    assertEquals(core.state, "open", mode);
+  }
 });
 
 Deno.test("empty compressed messages: an empty payload, or an empty stored block (7.2.3.6), between others", () => {
@@ -305,7 +307,8 @@ Deno.test("compressed binary and text larger than the read buffer, fed in small 
     const data = jsonLike(300_000);
     const frame = clientFrame(Opcode.Binary, compress(data));
     for (let offset = 0; offset < frame.length; offset += 1000) core.receiveData(frame.subarray(offset, offset + 1000));
-    const text = new TextDecoder().decode(jsonLike(100_000, 2)) + "κόσμε";
+    // Characters of 2 to 4 bytes, cut where the inflated pieces (64 KiB) end.
+    const text = new TextDecoder().decode(jsonLike(50_000, 2)) + "κόσμε 😀 ".repeat(20_000);
     const compressed = compress(text);
     const third = Math.floor(compressed.length / 3);
     core.receiveData(clientFrame(Opcode.Text, compressed.subarray(0, third), { fin: false }));
@@ -549,6 +552,28 @@ Deno.test("broadcast: compressed once per distinct parameters without server con
         await server.close();
       }
     });
+  }
+});
+
+Deno.test("topics: a publish is compressed once for all its subscribers", async () => {
+  const server = new TestServer((users) => new Recorder(users, { compression: true, pingInterval: 0, idleTimeout: 0 }));
+  const clients: RawClient[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      clients.push((await deflateClient(server.port, "permessage-deflate")).client);
+      const handler = await server.handler(i);
+      await handler.connected.promise;
+      if (i > 0) handler.subscribe("news");
+    }
+    const data = jsonLike(5000);
+    const before = deflateStats.compressed;
+    assertEquals(Protocol.publish(server.users, "news", data), 2);
+    const frames = await Promise.all(clients.slice(1).map((client) => within(client.readFrame())));
+    assertEquals(deflateStats.compressed - before, 1);
+    for (const frame of frames) assertEquals(inflate(frame!.payload), data);
+  } finally {
+    for (const client of clients) client.close();
+    await server.close();
   }
 });
 
