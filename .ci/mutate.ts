@@ -29,6 +29,8 @@ interface Result {
   suite?: "area" | "full";
   seconds: number;
   note?: string;
+  /** Tests that failed once and passed on the retry, in this mutant's runs. */
+  flaky?: string[];
 }
 
 interface Run {
@@ -36,6 +38,8 @@ interface Run {
   timedOut: boolean;
   killer?: string;
   invalid?: string;
+  /** Tests that failed once and passed on the retry. */
+  flaky: string[];
   seconds: number;
 }
 
@@ -163,21 +167,14 @@ async function makeScratch(files: string[]): Promise<string> {
 
 // --- One test run ---
 
+// Runs the given test files (none: the full suite with doc tests), stopping at the
+// first failure. A failing test is run once more (--retry 1) before it counts: on a
+// loaded machine a timing test can fail once with no mutant at all, and a mutant that
+// makes a test fail only now and then is better called a survivor than a kill.
 async function runTests(dir: string, testFiles: string[], timeoutSeconds: number): Promise<Run> {
   const full = testFiles.length === 0;
-  const args = [
-    "-k",
-    "10",
-    `${timeoutSeconds}`,
-    Deno.execPath(),
-    "test",
-    "-A",
-    ...(full ? ["--doc"] : []),
-    "--fail-fast",
-    "--preload",
-    PRELOAD,
-    ...testFiles,
-  ];
+  const args = ["-k", "10", `${timeoutSeconds}`, Deno.execPath(), "test", "-A", ...(full ? ["--doc"] : [])];
+  args.push("--fail-fast", "--retry", "1", "--preload", PRELOAD, ...testFiles);
   const started = performance.now();
   const { code, stdout, stderr } = await new Deno.Command("timeout", {
     args,
@@ -188,54 +185,63 @@ async function runTests(dir: string, testFiles: string[], timeoutSeconds: number
   const seconds = (performance.now() - started) / 1000;
   const output = (new TextDecoder().decode(stdout) + "\n" + new TextDecoder().decode(stderr))
     .replaceAll(`file://${dir}/`, "./").replaceAll(`${dir}/`, "");
-  if (code === 0) return { failed: false, timedOut: false, seconds };
+  const run = { failed: code !== 0, timedOut: false, flaky: flakyTests(output), seconds };
+  if (code === 0) return run;
   if (code === 124 || code === 137) {
-    return {
-      failed: true,
-      timedOut: true,
-      killer: `${hungTest(output) ?? "the run"} (run over ${timeoutSeconds} s)`,
-      seconds,
-    };
+    return { ...run, timedOut: true, killer: `${hungTest(output) ?? "the run"} (run over ${timeoutSeconds} s)` };
   }
   // A mutant that does not compile is the table's fault, not a kill.
   if (!/^running \d+ tests? from/m.test(output)) {
     const why = /^(TS\d+ \[ERROR\]: .*)$/m.exec(output)?.[1] ?? /^error: (SyntaxError: .*)$/m.exec(output)?.[1];
-    if (why) return { failed: true, timedOut: false, invalid: why, seconds };
+    if (why) return { ...run, invalid: why };
   }
   const failure = firstFailure(output);
-  return { failed: true, timedOut: failure?.timedOut ?? false, killer: failure?.name ?? lastError(output), seconds };
+  return { ...run, timedOut: failure?.timedOut ?? false, killer: failure?.name ?? lastError(output) };
 }
 
-// The first entry of the FAILURES summary: "name => ./file.ts:1:2" (a step: "test ... step => ...").
+// The first entry of the FAILURES summary as "file: test" or "file: test ... step".
+// Entries read "test => ./file.ts:1:2", "test ... step => ./file.ts:1:2", "./file.ts
+// (uncaught error)", or for a doc example "./frame.ts#8-17.ts => ./frame.ts#8-17.ts:2:6".
 function firstFailure(output: string): { name: string; timedOut: boolean } | undefined {
   const summary = output.split("\n FAILURES \n")[1];
   const line = summary?.split("\n").find((text) => text.trim() !== "")?.trim();
   if (!line) return undefined;
-  const arrow = line.lastIndexOf(" => ");
-  const name = arrow < 0
-    ? line
-    : `${line.slice(arrow + 4).replace(/:\d+:\d+$/, "").replace(/^\.\//, "")}: ${line.slice(0, arrow)}`;
   const errors = output.split("\n ERRORS \n")[1]?.split("\n FAILURES \n")[0] ?? "";
   const block = errors.split(`\n${line}\n`)[1] ?? errors.split(`${line}\n`)[1] ?? "";
-  return { name, timedOut: /^error: Test timed out after/.test(block.trimStart()) };
+  const timedOut = /^error: Test timed out after/.test(block.trimStart());
+  const arrow = line.lastIndexOf(" => ");
+  if (arrow < 0) return { name: line.replace(/^\.\//, ""), timedOut };
+  const where = line.slice(arrow + 4).replace(/:\d+:\d+$/, "").replace(/^\.\//, "");
+  const name = line.slice(0, arrow);
+  return { name: name.startsWith(`./${where}`) ? where : `${where}: ${name}`, timedOut };
+}
+
+// Tests that failed once and passed on the retry: "name ... retrying (attempt 1 failed)", then "name ... ok".
+function flakyTests(output: string): string[] {
+  const retried = [...output.matchAll(/^\s*(.+) \.\.\. retrying \(attempt \d+ failed\)/gm)].map((match) => match[1]);
+  return [...new Set(retried)].filter((name) =>
+    new RegExp(`^\\s*${escapeRegExp(name)} \\.\\.\\. ok`, "m").test(output)
+  );
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }
 
 // A run killed from outside: the last test that started and did not finish.
 function hungTest(output: string): string | undefined {
   const lines = output.split("\n");
   for (let i = lines.length - 1; i >= 0; i--) {
-    const started = /^(\s*)(.+) \.\.\.$/.exec(lines[i]);
-    if (started) return started[2];
+    const started = /^\s*(.+) \.\.\.$/.exec(lines[i]);
+    if (started) return started[1];
   }
   return undefined;
 }
 
 function lastError(output: string): string {
   const errors = output.split("\n").filter((line) => line.startsWith("error:"));
-  return (errors.find((line) => line !== "error: Test failed") ?? errors.at(-1) ?? "exit status non-zero").slice(
-    0,
-    160,
-  );
+  const error = errors.find((line) => line !== "error: Test failed") ?? errors.at(-1) ?? "exit status non-zero";
+  return error.slice(0, 160);
 }
 
 // --- The audit ---
@@ -247,6 +253,13 @@ async function audit(mutant: Mutant, dir: string, timeoutSeconds: number): Promi
   const path = `${dir}/${mutant.file}`;
   await Deno.writeTextFile(path, mutated(mutant));
   let seconds = 0;
+  const flaky = new Set<string>();
+  const result = (fields: Omit<Result, keyof typeof base | "seconds">): Result => ({
+    ...base,
+    ...fields,
+    seconds: Math.round(seconds),
+    ...(flaky.size > 0 ? { flaky: [...flaky] } : {}),
+  });
   try {
     const areaTests = (mutant.tests ?? AREA_TESTS[mutant.area]).filter((file) => source(file) !== undefined);
     const suites: Array<["area" | "full", string[]]> = areaTests.length > 0
@@ -255,26 +268,14 @@ async function audit(mutant: Mutant, dir: string, timeoutSeconds: number): Promi
     for (const [suite, files] of suites) {
       const run = await runTests(dir, files, timeoutSeconds);
       seconds += run.seconds;
-      if (run.invalid) return { ...base, status: "invalid", killer: run.invalid, suite, seconds };
+      for (const name of run.flaky) flaky.add(name);
+      if (run.invalid) return result({ status: "invalid", killer: run.invalid, suite });
       if (run.failed) {
         const note = mutant.equivalent ? `declared equivalent (${mutant.equivalent}), but a test failed` : undefined;
-        return {
-          ...base,
-          status: run.timedOut ? "killed-by-timeout" : "killed",
-          killer: run.killer,
-          suite,
-          seconds,
-          note,
-        };
+        return result({ status: run.timedOut ? "killed-by-timeout" : "killed", killer: run.killer, suite, note });
       }
     }
-    return {
-      ...base,
-      status: mutant.equivalent ? "equivalent" : "survived",
-      suite: "full",
-      seconds,
-      note: mutant.equivalent,
-    };
+    return result({ status: mutant.equivalent ? "equivalent" : "survived", suite: "full", note: mutant.equivalent });
   } finally {
     await Deno.writeTextFile(path, source(mutant.file)!);
   }
@@ -326,6 +327,7 @@ try {
     }
     timeoutSeconds = timeoutFlag ?? Math.max(120, Math.ceil(3 * run.seconds));
     console.log(`baseline: passed in ${formatSeconds(run.seconds)}; each run is bounded by ${timeoutSeconds} s`);
+    if (run.flaky.length > 0) console.log(`baseline: flaky (passed on the retry): ${run.flaky.join("; ")}`);
   }
   while (scratch.length < Math.min(jobs, selected.length)) scratch.push(await makeScratch(files));
 
@@ -362,6 +364,11 @@ try {
   console.log("\nsurvivors:");
   for (const result of results.filter((result) => result.status === "survived")) {
     console.log(`  ${result.id} (${result.area}): ${result.what}`);
+  }
+  const flaky = countBy(results.flatMap((result) => result.flaky ?? []), (name) => name);
+  if (flaky.size > 0) {
+    console.log("\ntests that failed once and passed on the retry (flaky under load):");
+    for (const [name, count] of flaky) console.log(`  ${name} (${count} mutants)`);
   }
   console.log();
   printCounts(counts, `${total} mutants`);
