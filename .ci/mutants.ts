@@ -34,9 +34,10 @@ export interface Mutant {
 }
 
 /**
- * Test files most likely to kill a mutant of each area, fastest first. A mutant that
- * survives them is run again against the full suite (`deno test -A --doc`) before it
- * is called a survivor.
+ * Test files most likely to kill a mutant of each area, fastest first; the mutated file's
+ * own test file (frame.ts: frame_test.ts) runs before them. A mutant that survives them
+ * is run again against the full suite (`deno test -A --doc`) before it is called a
+ * survivor.
  */
 export const AREA_TESTS: Record<Area, string[]> = {
   "codec": ["frame_test.ts", "protocol_test.ts", "receive_test.ts"],

@@ -246,6 +246,14 @@ function lastError(output: string): string {
 
 // --- The audit ---
 
+// The test files a mutant meets first: its own list, else the mutated file's test file
+// (frame.ts: frame_test.ts) and then its area's.
+function firstTests(mutant: Mutant): string[] {
+  const own = mutant.file.replace(/\.ts$/, "_test.ts");
+  const files = mutant.tests ?? [own, ...AREA_TESTS[mutant.area]];
+  return [...new Set(files)].filter((file) => source(file) !== undefined);
+}
+
 async function audit(mutant: Mutant, dir: string, timeoutSeconds: number): Promise<Result> {
   const base = { id: mutant.id, area: mutant.area, file: mutant.file, what: mutant.what };
   const stale = staleness(mutant);
@@ -261,7 +269,7 @@ async function audit(mutant: Mutant, dir: string, timeoutSeconds: number): Promi
     ...(flaky.size > 0 ? { flaky: [...flaky] } : {}),
   });
   try {
-    const areaTests = (mutant.tests ?? AREA_TESTS[mutant.area]).filter((file) => source(file) !== undefined);
+    const areaTests = firstTests(mutant);
     const suites: Array<["area" | "full", string[]]> = areaTests.length > 0
       ? [["area", areaTests], ["full", []]]
       : [["full", []]];
