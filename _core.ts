@@ -354,7 +354,12 @@ export class Core {
       }
       const frameLength = headerLength + payloadLength;
       if (buffered.length < frameLength) {
-        if (frameLength > this.#buffer.length) this.#startLarge(header);
+        if (frameLength > this.#buffer.length) {
+          // A read filled with the start of a frame that no read buffer holds is no
+          // reason to grow it: the frame's payload is read into a buffer of its own.
+          if (frameLength > READ_BUFFER_MAX) this.#readFilled = false;
+          this.#startLarge(header);
+        }
         return;
       }
       const payload = buffered.subarray(headerLength, frameLength);

@@ -320,7 +320,7 @@ export class Protocol {
 
   /**
    * Sends a message: text for a string, binary for bytes. Frames of one connection
-   * never interleave. Bytes of 4 KiB and more are kept by reference until written (from
+   * never interleave. Bytes of 4 KiB and more are kept by reference until written (over
    * 64 KiB, written from your buffer without a copy, as `ws` does): leave them unchanged
    * until the returned promise settles.
    *

@@ -41,6 +41,20 @@ Deno.test("messages sent in one task, small and large mixed, are joined into few
     }
   }));
 
+Deno.test("a 64 KiB message goes out with its header in one write, copied; a larger one from the caller's bytes", () =>
+  withMemoryClient(async (client, handler, server) => {
+    for (const size of [JOIN_LIMIT, JOIN_LIMIT + 100]) {
+      const message = pattern(size, size);
+      const from = server.writes.length;
+      assertEquals(await handler.sendMessage(message), true);
+      const writes = server.writes.slice(from);
+      // Not a 10-byte header written alone, a packet of its own before the payload.
+      if (size === JOIN_LIMIT) assertEquals(writes.map((call) => call.taken.length), [10 + size]);
+      else assertEquals(writes.map((call) => call.given === message), [false, true]);
+      assertEquals((await client.readFrame())?.payload, message);
+    }
+  }));
+
 Deno.test("a message sent while a large write is under way goes after it, whole", () =>
   withClient(async (client, handler) => {
     const big = pattern(8 * 1024 * 1024, 1); // more than the socket buffers take at once

@@ -29,6 +29,21 @@ async function settlesNow(promise: Promise<unknown>): Promise<boolean> {
   return settled;
 }
 
+// ---------------------------------------------------------------- reads
+
+Deno.test("shell: frames over 64 KiB are read into buffers of their own and leave the read buffer at 1 KiB", () =>
+  withMemoryClient(async (client, handler, server) => {
+    const sent = Array.from({ length: 8 }, (_, i) => pattern(100_000, i));
+    await client.write(concat(sent.map((message) => encodeFrame(Opcode.Binary, message, { mask: true }))));
+    assertEquals(await handler.received(sent.length), sent);
+    // Each frame's first read filled the read buffer; growing it for that would only
+    // copy more of the next frame's payload into it before its own buffer is made.
+    await server.until(() => server.readSizes.length > server.reads.length, "the next read");
+    assertEquals(server.readSizes.at(-1), 1024);
+    await client.send(Opcode.Binary, pattern(3000, 9));
+    assertEquals((await handler.received(sent.length + 1)).at(-1), pattern(3000, 9));
+  }));
+
 // ---------------------------------------------------------------- partial writes
 
 Deno.test("shell: a 1 MiB message sent alone through writes of at most 1000 bytes is written whole before it resolves", () =>

@@ -262,6 +262,8 @@ export class MemoryEnd implements Connection {
   readonly writes: WriteCall[] = [];
   /** What each read returned, in order. */
   readonly reads: (number | null)[] = [];
+  /** The length of the buffer each read call was given, in order (the last: the read under way). */
+  readonly readSizes: number[] = [];
   /** The calls in order: "write" (each call), "closeWrite", "close". */
   readonly log: string[] = [];
   #in: Pipe;
@@ -314,6 +316,7 @@ export class MemoryEnd implements Connection {
 
   async read(into: Uint8Array): Promise<number | null> {
     if (this.#closed) throw new Deno.errors.BadResource("memory connection closed");
+    this.readSizes.push(into.length);
     const limit = pick(this.#options.readLimit, this.#readCalls++, true);
     const count = await this.#in.take(into, limit);
     await (this.#options.readDelay?.() ?? Promise.resolve());
