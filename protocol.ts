@@ -506,7 +506,9 @@ export class Protocol {
     this.#callback(() => this.onConnect());
     this.#dispatch(); // frames that came with the handshake
     try {
-      // #read inlined: one promise and one async function less for every read.
+      // #read inlined (one promise and one async function less for every read), but the
+      // next read still starts after the writer: reading first split echoes into more,
+      // smaller writes and reads (32 conn x 1 KiB x 4: 0.25 -> 0.57 sendto a message).
       while (core.reading) {
         const count = await this.#conn!.read(core.readTarget());
         if (count === null) {
@@ -515,6 +517,7 @@ export class Protocol {
         }
         core.receive(count, Date.now());
         this.#dispatch();
+        await undefined;
       }
     } catch (error) {
       if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
