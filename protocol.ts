@@ -647,7 +647,19 @@ export class Protocol {
     this.#callback(() => this.onConnect());
     this.#dispatch(); // frames that came with the handshake
     try {
-      while (core.reading && (await this.#read()));
+      // #read inlined (one promise and one async function less for every read), but the
+      // next read still starts after the writer: reading first split echoes into more,
+      // smaller writes and reads (32 conn x 1 KiB x 4: 0.25 -> 0.57 sendto a message).
+      while (core.reading) {
+        const count = await this.#conn!.read(core.readTarget());
+        if (count === null) {
+          core.receiveEnd();
+          break;
+        }
+        core.receive(count, Date.now());
+        this.#dispatch();
+        await undefined;
+      }
     } catch (error) {
       if (!isConnectionError(error)) console.error(`[${this.id}] unexpected error:`, error);
     } finally {
@@ -712,7 +724,7 @@ export class Protocol {
     const core = this.#core;
     for (let events = core.takeEvents(); events.length > 0; events = core.takeEvents()) {
       for (const event of events) {
-        if (event.type === "message") this.#callback(() => this.onMessage(event.data));
+        if (event.type === "message") this.#message(event.data);
         else if (event.type === "error") console.error(`[${this.id}] unexpected error, closed with 1011:`, event.error);
       }
     }
@@ -721,16 +733,27 @@ export class Protocol {
 
   // Runs a user callback: a throw or rejection closes this connection with 1011.
   #callback(run: () => void | Promise<void>): void {
-    const onError = (error: unknown) => {
-      console.error(`[${this.id}] callback failed:`, error);
-      if (this.#core.state === "open") this.close(CloseCode.InternalError, "Internal error");
-    };
     try {
       const result = run();
-      if (result instanceof Promise) result.catch(onError);
+      if (result instanceof Promise) result.catch((error) => this.#callbackFailed(error));
     } catch (error) {
-      onError(error);
+      this.#callbackFailed(error);
     }
+  }
+
+  // onMessage as #callback runs it, without two closures for every message.
+  #message(data: string | Uint8Array): void {
+    try {
+      const result = this.onMessage(data);
+      if (result instanceof Promise) result.catch((error) => this.#callbackFailed(error));
+    } catch (error) {
+      this.#callbackFailed(error);
+    }
+  }
+
+  #callbackFailed(error: unknown): void {
+    console.error(`[${this.id}] callback failed:`, error);
+    if (this.#core.state === "open") this.close(CloseCode.InternalError, "Internal error");
   }
 
   // --- Heartbeats: one timer for all connections of the same period, not a timer each

@@ -44,6 +44,25 @@ Deno.test("shell: frames over 64 KiB are read into buffers of their own and leav
     assertEquals((await handler.received(sent.length + 1)).at(-1), pattern(3000, 9));
   }));
 
+class Echo extends Recorder {
+  override onMessage(msg: string | Uint8Array): void {
+    super.onMessage(msg);
+    this.sendMessage(msg);
+  }
+}
+
+Deno.test("shell: the answers to frames read together go in one write, made before the next read", () =>
+  withMemoryClient(async (client, handler, server) => {
+    const sent = ["one", "two", "three", "four"];
+    await client.write(concat(sent.map((text) => encodeFrame(Opcode.Text, text, { mask: true }))));
+    for (const text of sent) assertEquals((await client.readFrame())?.message(), text);
+    assertEquals(server.writes.at(-1)?.taken.length, sent.reduce((sum, text) => sum + 2 + text.length, 0));
+    // Reading first splits a peer's next batch over more reads, and so the answers over
+    // more writes (over TCP: 0.25 -> 0.57 sendto a message, 32 connections x 4 in flight).
+    await server.until(() => server.readSizes.length > server.reads.length, "the next read");
+    assertEquals(server.writesBeforeRead.at(-1), server.writes.length);
+  }, { handler: Echo }));
+
 // ---------------------------------------------------------------- partial writes
 
 Deno.test("shell: a 1 MiB message sent alone through writes of at most 1000 bytes is written whole before it resolves", () =>

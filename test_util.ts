@@ -264,6 +264,8 @@ export class MemoryEnd implements Connection {
   readonly reads: (number | null)[] = [];
   /** The length of the buffer each read call was given, in order (the last: the read under way). */
   readonly readSizes: number[] = [];
+  /** How many write calls had been made when each read call was made, in order. */
+  readonly writesBeforeRead: number[] = [];
   /** The calls in order: "write" (each call), "closeWrite", "close". */
   readonly log: string[] = [];
   #in: Pipe;
@@ -317,6 +319,7 @@ export class MemoryEnd implements Connection {
   async read(into: Uint8Array): Promise<number | null> {
     if (this.#closed) throw new Deno.errors.BadResource("memory connection closed");
     this.readSizes.push(into.length);
+    this.writesBeforeRead.push(this.writes.length + this.#inFlight);
     const limit = pick(this.#options.readLimit, this.#readCalls++, true);
     const count = await this.#in.take(into, limit);
     await (this.#options.readDelay?.() ?? Promise.resolve());
