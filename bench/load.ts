@@ -7,7 +7,8 @@
 // --quick      a subset of the scenarios, at shorter durations (about two minutes in all)
 // --runs N     measured runs of every scenario on every server (default 3): medians, min-max
 // --seconds S  length of one run (default 1.5, or 0.5 with --quick)
-// --servers    which servers (default ours,deno,uws; ws is npm ws 8 on Node)
+// --servers    which servers (default ours,deno,uws; ws is npm ws 8 on Node; floor is
+//              bench/servers/floor.ts, the least JavaScript a server on Deno.Conn can have)
 // --scenario   only the scenarios whose name contains one of these texts (from the full list)
 // --write-docs also copy the chart to docs/bench.svg
 //
@@ -156,9 +157,16 @@ const COMMANDS: Record<string, string[]> = {
   deno: [Deno.execPath(), "run", "-A", "--config", CONFIG, `${HERE}servers/deno_native.ts`],
   uws: ["node", `${HERE}servers/uws_node.mjs`],
   ws: ["node", `${HERE}servers/ws_node.mjs`],
+  floor: [Deno.execPath(), "run", "-A", "--config", CONFIG, `${HERE}servers/floor.ts`],
 };
 const NODE_PACKAGES: Record<string, string> = { uws: "uwebsockets", ws: "ws" };
-const TITLES: Record<string, string> = { ours: "ours", deno: "Deno", uws: "uWebSockets.js", ws: "ws" };
+const TITLES: Record<string, string> = {
+  ours: "ours",
+  deno: "Deno",
+  uws: "uWebSockets.js",
+  ws: "ws",
+  floor: "Deno.Conn floor",
+};
 
 // Every process this script started and has not seen exit, killed by PID on the way out.
 const children = new Set<Deno.ChildProcess>();
@@ -718,7 +726,9 @@ async function installNodePackages(): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  for (const name of SERVERS) if (!COMMANDS[name]) throw new Error(`unknown server '${name}' (ours, deno, uws, ws)`);
+  for (const name of SERVERS) {
+    if (!COMMANDS[name]) throw new Error(`unknown server '${name}' (ours, deno, uws, ws, floor)`);
+  }
   if (!SERVERS.includes("ours")) throw new Error("--servers must include ours: every figure is a ratio to it");
   const scenarios = chosenScenarios();
   if (scenarios.length === 0) throw new Error(`no scenario matches '${flags.scenario}'`);
