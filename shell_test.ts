@@ -52,7 +52,7 @@ class Echo extends Recorder {
 }
 
 Deno.test("shell: the answers to frames read together go in one write, made before the next read", () =>
-  withMemoryClient(async (client, handler, server) => {
+  withMemoryClient(async (client, _handler, server) => {
     const sent = ["one", "two", "three", "four"];
     await client.write(concat(sent.map((text) => encodeFrame(Opcode.Text, text, { mask: true }))));
     for (const text of sent) assertEquals((await client.readFrame())?.message(), text);
