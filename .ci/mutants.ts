@@ -1317,6 +1317,8 @@ const protocol: Mutant[] = [
     find: "return bytes.length <= maxBytes ? text :",
     replace: "return true ? text :",
     what: "an error message over 123 bytes is put in the close frame whole",
+    equivalent: "no error the frame loop raises has a message over 123 bytes (the longest, on a control " +
+      "frame's length, is about 80); the truncation only guards future messages",
   },
   {
     id: "protocol.callback-error-1001",
@@ -1357,6 +1359,8 @@ const protocol: Mutant[] = [
     find: "const options = { stream: !fin };",
     replace: "const options = { stream: true };",
     what: "a text message that ends inside a character is not flagged by the fragment validator",
+    equivalent: "decodeText on the whole message then fails it with the same 1007 and WS_ERR_INVALID_UTF8; " +
+      "only the close reason's wording differs",
   },
   {
     id: "protocol.large-at-buffer-size",
