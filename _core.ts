@@ -111,7 +111,8 @@ export class Core {
   #held = false; // a close frame waits in the buffer for the messages before it to be taken
   #events: CoreEvent[] = [];
   #assembler: MessageAssembler;
-  #client: boolean;
+  /** Whether we are the client end (RFC 6455 5.1: we mask, and wait for the server to close TCP). */
+  readonly client: boolean;
   // A client's request, until the answer is in: the accept key expected and the subprotocols offered.
   #expected: { accept: string; protocols: readonly string[] } | undefined;
   #lastSeen = 0;
@@ -132,8 +133,8 @@ export class Core {
 
   constructor(options: ResolvedOptions, role: Role = "server") {
     this.options = options;
-    this.#client = role === "client";
-    this.outbox = new Outbox(options.maxBackpressure, this.#client);
+    this.client = role === "client";
+    this.outbox = new Outbox(options.maxBackpressure, this.client);
     this.#assembler = new MessageAssembler(options.maxPayload, options.maxFragments);
     const { pingInterval, idleTimeout } = options;
     this.heartbeatPeriod = Math.min(pingInterval || Infinity, idleTimeout || Infinity);
@@ -267,10 +268,10 @@ export class Core {
     }
     if (headEnd < 0) {
       this.#searchFrom = Math.max(0, this.#end - 3);
-      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
+      if (this.#end >= maxHeaderSize) throw headTooLarge(maxHeaderSize, this.client);
       return;
     }
-    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize, this.#client);
+    if (headEnd + 4 > maxHeaderSize) throw headTooLarge(maxHeaderSize, this.client);
     const head = latin1.decode(buffer.subarray(0, headEnd));
     this.#start = headEnd + 4;
     if (this.#expected !== undefined) {
@@ -313,7 +314,7 @@ export class Core {
    * must carry `accept` and at most one of `protocols`. Frames after it are parsed.
    */
   connect(requestHead: Uint8Array, accept: string, protocols: readonly string[]): void {
-    if (!this.#client || this.#state !== "connecting") throw new Error(`connect() on a ${this.#state} server core`);
+    if (!this.client || this.#state !== "connecting") throw new Error(`connect() on a ${this.#state} server core`);
     this.#expected = { accept, protocols };
     this.outbox.pushControl(requestHead);
   }
@@ -336,7 +337,7 @@ export class Core {
 
   #parseFrames(): void {
     if (this.#large && !this.#receiveLarge(this.#large)) return;
-    const masked = !this.#client;
+    const masked = !this.client;
     while (this.#reading) {
       const buffered = this.#buffer.subarray(this.#start, this.#end);
       // A fragment may not take its message over the limit.
@@ -460,7 +461,7 @@ export class Core {
       cause: error,
     });
     if (this.#state === "connecting") {
-      if (!this.#client) return this.reject(failure);
+      if (!this.client) return this.reject(failure);
       this.handshakeError = failure;
       return this.#stop();
     }
@@ -474,7 +475,7 @@ export class Core {
 
   // A control frame, masked when we are the client (RFC 6455 5.3).
   #frame(opcode: Opcode, payload: Uint8Array): Uint8Array {
-    return encodeControl(opcode, payload, this.#client);
+    return encodeControl(opcode, payload, this.client);
   }
 
   #stop(): void {
@@ -491,7 +492,7 @@ export class Core {
    */
   encode(msg: string | Uint8Array): DataFrame {
     if (this.#deflate !== undefined) return this.#deflate.encode(msg);
-    return this.#client ? encodeMaskedMessage(msg) : encodeMessage(msg);
+    return this.client ? encodeMaskedMessage(msg) : encodeMessage(msg);
   }
 
   /**
@@ -500,7 +501,7 @@ export class Core {
    * a window (RFC 7692 7.1.1).
    */
   shareKey(msg: string | Uint8Array): string | undefined {
-    if (this.#client) return undefined;
+    if (this.client) return undefined;
     return this.#deflate === undefined ? "" : this.#deflate.shareKey(msg);
   }
 

@@ -430,6 +430,8 @@ export class PerMessageDeflate {
   readonly #threshold: number;
   readonly #level: number;
   readonly #windowBits: number;
+  // The shareKey of compressed messages: computed once, not per recipient and message.
+  readonly #sharedKey: string | undefined;
   // This connection's own compressor (server context takeover), made at its first use.
   #deflater: ZlibStream | undefined;
   // This connection's inflater: its own (client context takeover), or borrowed for a message.
@@ -443,6 +445,7 @@ export class PerMessageDeflate {
     this.#threshold = Math.max(1, options.threshold); // an empty message goes uncompressed
     this.#level = options.level;
     this.#windowBits = params.serverMaxWindowBits ?? 15;
+    this.#sharedKey = params.serverNoContextTakeover ? `deflate ${this.#level}/${this.#windowBits}` : undefined;
   }
 
   /**
@@ -470,7 +473,7 @@ export class PerMessageDeflate {
    */
   shareKey(msg: string | Uint8Array): string | undefined {
     if (msg.length < this.#threshold) return "";
-    return this.params.serverNoContextTakeover ? `deflate ${this.#level}/${this.#windowBits}` : undefined;
+    return this.#sharedKey;
   }
 
   /** Inflates the next piece of a compressed message's payload into `sink`. */

@@ -223,7 +223,6 @@ export class Protocol {
 
   // The rules live in the core; this shell reads, writes, keeps timers and runs callbacks.
   #core: Core;
-  #client = false;
   #conn: Connection | undefined;
   #connClosed = false;
   #writing: Promise<void> | undefined;
@@ -595,7 +594,6 @@ export class Protocol {
 
   async #connect(url: URL, options: ClientOptions): Promise<void> {
     const core = this.#core = new Core(resolveOptions(options), "client");
-    this.#client = true;
     const protocols = options.protocols ?? [];
     const key = crypto.getRandomValues(new Uint8Array(16)).toBase64();
     const head = requestHead({ url, key, protocols, headers: options.headers ?? {} });
@@ -864,7 +862,7 @@ export class Protocol {
       // peer's FIN, so unread bytes do not turn our close into a reset. A client waits
       // for the server's FIN.
       if (!this.#connClosed) {
-        if (!this.#client) await this.#conn!.closeWrite();
+        if (!this.#core.client) await this.#conn!.closeWrite();
         const drain = new Uint8Array(1024);
         while (!this.#connClosed && (await this.#conn!.read(drain)) !== null);
       }
