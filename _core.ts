@@ -6,6 +6,7 @@
 import {
   checkResponse,
   checkUpgrade,
+  type ExpectedAnswer,
   type HandshakeRequest,
   type HttpResponse,
   httpResponse,
@@ -14,7 +15,14 @@ import {
   switchingProtocols,
 } from "./_http.ts";
 import { MessageAssembler } from "./_assembler.ts";
-import { negotiate, type PerMessageDeflate, resolveCompression, type ResolvedCompression } from "./_deflate.ts";
+import {
+  acceptAnswer,
+  deflateOffer,
+  negotiate,
+  PerMessageDeflate,
+  resolveCompression,
+  type ResolvedCompression,
+} from "./_deflate.ts";
 import { type DataFrame, encodeControl, encodeMaskedMessage, encodeMessage, Outbox } from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import {
@@ -113,8 +121,8 @@ export class Core {
   #assembler: MessageAssembler;
   /** Whether we are the client end (RFC 6455 5.1: we mask, and wait for the server to close TCP). */
   readonly client: boolean;
-  // A client's request, until the answer is in: the accept key expected and the subprotocols offered.
-  #expected: { accept: string; protocols: readonly string[] } | undefined;
+  // A client's request, until the answer is in: what the answer must match.
+  #expected: ExpectedAnswer | undefined;
   #lastSeen = 0;
   #lastPing = -Infinity;
   // RFC 7692: the client's Sec-WebSocket-Extensions until accept(), then the extension in force.
@@ -275,8 +283,13 @@ export class Core {
     const head = latin1.decode(buffer.subarray(0, headEnd));
     this.#start = headEnd + 4;
     if (this.#expected !== undefined) {
-      this.protocol = checkResponse(head, this.#expected.accept, this.#expected.protocols);
+      const answer = checkResponse(head, this.#expected);
       this.#expected = undefined;
+      if (answer.extensions !== null) {
+        this.#deflate = new PerMessageDeflate(acceptAnswer(answer.extensions), this.options.compression!, true);
+        this.#assembler.inflater = this.#deflate;
+      }
+      this.protocol = answer.protocol;
       return this.#open(this.#lastSeen);
     }
     this.#answering = true;
@@ -310,12 +323,21 @@ export class Core {
   }
 
   /**
-   * Starts a client's handshake (RFC 6455 4.1): queues the request head; the answer
-   * must carry `accept` and at most one of `protocols`. Frames after it are parsed.
+   * A client's `Sec-WebSocket-Extensions` offer: permessage-deflate when the
+   * `compression` option is on (and zlib works here), otherwise `undefined`.
    */
-  connect(requestHead: Uint8Array, accept: string, protocols: readonly string[]): void {
+  extensionOffer(): string | undefined {
+    return this.options.compression && deflateOffer(this.options.compression.mode);
+  }
+
+  /**
+   * Starts a client's handshake (RFC 6455 4.1): queues the request head; the answer
+   * must match `expected` (the accept key, at most one of the subprotocols, and an
+   * extension only if one was offered). Frames after it are parsed.
+   */
+  connect(requestHead: Uint8Array, expected: ExpectedAnswer): void {
     if (!this.client || this.#state !== "connecting") throw new Error(`connect() on a ${this.#state} server core`);
-    this.#expected = { accept, protocols };
+    this.#expected = expected;
     this.outbox.pushControl(requestHead);
   }
 

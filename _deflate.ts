@@ -13,8 +13,8 @@
 // while it does not, permessage-deflate is declined rather than half-working.
 
 import { constants, createDeflateRaw, createInflateRaw } from "node:zlib";
-import { type DataFrame, encodeMessage, pooled } from "./_outbox.ts";
-import { FrameError } from "./errors.ts";
+import { type DataFrame, encodeMaskedMessage, encodeMessage, nextMaskKey, pooled } from "./_outbox.ts";
+import { FrameError, ProtocolError } from "./errors.ts";
 import { CloseCode, encodeFrame, encodeHeader, Opcode } from "./frame.ts";
 
 /**
@@ -222,6 +222,58 @@ export function deflateResponse(params: DeflateParams): string {
   return response;
 }
 
+/**
+ * A client's `Sec-WebSocket-Extensions` offer in `mode`, or `undefined` when
+ * permessage-deflate cannot run here. "no-context-takeover" asks for it both ways (RFC
+ * 7692 7.1.1), so that the server's messages inflate without a window kept; no
+ * `client_max_window_bits` is offered: our compressor's window is always 15 bits.
+ */
+export function deflateOffer(mode: CompressionMode): string | undefined {
+  if (!deflateSupported()) return undefined;
+  return mode === "no-context-takeover"
+    ? "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    : "permessage-deflate";
+}
+
+/**
+ * The parameters of a server's answer to {@linkcode deflateOffer} (RFC 7692 5 and 7):
+ * one permessage-deflate element whose parameters are known, not repeated, valid, and
+ * none the client did not offer (`client_max_window_bits`). Anything else fails the
+ * connection (RFC 7692 5: the client must).
+ */
+export function acceptAnswer(header: string): DeflateParams {
+  const elements = splitOutsideQuotes(header, ",").filter((element) => element.trim() !== "");
+  const offers = parseExtensions(header);
+  const fail = (why: string) =>
+    new ProtocolError(`Sec-WebSocket-Extensions ${JSON.stringify(header.slice(0, 80))}: ${why}`, {
+      code: "WS_ERR_INVALID_EXTENSION",
+    });
+  if (offers.length !== elements.length) throw fail("malformed");
+  if (offers.length !== 1 || offers[0].name !== "permessage-deflate") {
+    throw fail("only permessage-deflate, once, was offered");
+  }
+  const params: DeflateParams = { serverNoContextTakeover: false, clientNoContextTakeover: false };
+  const seen = new Set<string>();
+  for (const [name, value] of offers[0].params) {
+    if (seen.has(name)) throw fail(`${name} is repeated`);
+    seen.add(name);
+    if (name === "server_no_context_takeover" || name === "client_no_context_takeover") {
+      if (value !== undefined) throw fail(`${name} takes no value`);
+      if (name === "server_no_context_takeover") params.serverNoContextTakeover = true;
+      else params.clientNoContextTakeover = true;
+    } else if (name === "server_max_window_bits") {
+      // RFC 7692 7.1.2.1: the server may limit its own window unasked; our inflater's
+      // 15-bit window reads any smaller one.
+      if (value === undefined || !WINDOW_BITS.test(value)) throw fail(`${name} must be 8 to 15`);
+      params.serverMaxWindowBits = Number(value);
+    } else {
+      // RFC 7692 7.1.2.2: client_max_window_bits only in answer to an offer of it.
+      throw fail(`${name} was not offered`);
+    }
+  }
+  return params;
+}
+
 // ---------------------------------------------------------------- zlib
 
 const { Z_SYNC_FLUSH, Z_FULL_FLUSH } = constants;
@@ -402,8 +454,14 @@ function encodeUtf8(text: string): Uint8Array {
 }
 
 // A compressed message in one frame, RSV1 set (RFC 7692 6). Payloads of 4 KiB and more
-// that are not in the scratch buffer are queued after their header, as in encodeMessage.
-function compressedFrame(opcode: Opcode, payload: Uint8Array): DataFrame {
+// that are not in the scratch buffer are queued after their header, as in encodeMessage;
+// a client's frame is masked, into a frame of its own (RFC 6455 5.3).
+function compressedFrame(opcode: Opcode, payload: Uint8Array, masked: boolean): DataFrame {
+  if (masked) {
+    const frame = encodeFrame(opcode, payload, { maskKey: nextMaskKey(), allocate: pooled.allocate });
+    frame[0] |= 0x40;
+    return frame;
+  }
   if (payload.length >= 4096 && payload.buffer !== deflateOutput.buffer) {
     const header = encodeHeader(opcode, payload.length, pooled);
     header[0] |= 0x40;
@@ -422,11 +480,20 @@ function compressedFrame(opcode: Opcode, payload: Uint8Array): DataFrame {
  */
 export const deflateStats = { compressed: 0, inflated: 0 };
 
-/** permessage-deflate on one connection: its parameters, its compressor and its decompressor. */
+/**
+ * permessage-deflate on one connection: its parameters, its compressor and its
+ * decompressor. A server compresses with the server_* parameters and inflates with the
+ * client_* ones; a client the other way round, and masks its frames.
+ */
 export class PerMessageDeflate {
   readonly params: DeflateParams;
   /** The `Sec-WebSocket-Extensions` answer that accepted the offer. */
   readonly response: string;
+  readonly #client: boolean;
+  // What we send starts with an empty window every message: one shared compressor.
+  readonly #sendFresh: boolean;
+  // What the peer sends does: an inflater is borrowed for a message, not kept.
+  readonly #receiveFresh: boolean;
   readonly #threshold: number;
   readonly #level: number;
   readonly #windowBits: number;
@@ -439,13 +506,21 @@ export class PerMessageDeflate {
   // Whether the message under way has had compressed bytes.
   #inflating = false;
 
-  constructor(params: DeflateParams, options: ResolvedCompression) {
+  constructor(params: DeflateParams, options: ResolvedCompression, client = false) {
     this.params = params;
     this.response = deflateResponse(params);
+    this.#client = client;
+    // A sender may always drop its window (RFC 7692 7.1.1.2): a client in
+    // "no-context-takeover" mode does, even when the server did not ask it to.
+    this.#sendFresh = client
+      ? params.clientNoContextTakeover || options.mode === "no-context-takeover"
+      : params.serverNoContextTakeover;
+    this.#receiveFresh = client ? params.serverNoContextTakeover : params.clientNoContextTakeover;
     this.#threshold = Math.max(1, options.threshold); // an empty message goes uncompressed
     this.#level = options.level;
-    this.#windowBits = params.serverMaxWindowBits ?? 15;
-    this.#sharedKey = params.serverNoContextTakeover ? `deflate ${this.#level}/${this.#windowBits}` : undefined;
+    // Our client offers no client_max_window_bits, so its window is 15 bits.
+    this.#windowBits = client ? 15 : params.serverMaxWindowBits ?? 15;
+    this.#sharedKey = this.#sendFresh && !client ? `deflate ${this.#level}/${this.#windowBits}` : undefined;
   }
 
   /**
@@ -454,16 +529,17 @@ export class PerMessageDeflate {
    * 7692 6: RSV1 is set per message); with it, the window already holds the message.
    */
   encode(msg: string | Uint8Array): DataFrame {
-    if (msg.length < this.#threshold) return encodeMessage(msg);
+    const plain = this.#client ? encodeMaskedMessage : encodeMessage;
+    if (msg.length < this.#threshold) return plain(msg);
     const opcode = typeof msg === "string" ? Opcode.Text : Opcode.Binary;
     const bytes = typeof msg === "string" ? encodeUtf8(msg) : msg;
     deflateStats.compressed++;
-    if (this.params.serverNoContextTakeover) {
+    if (this.#sendFresh) {
       const compressed = sharedDeflater(this.#level, this.#windowBits).deflate(bytes, Z_FULL_FLUSH);
-      return compressed.length < bytes.length ? compressedFrame(opcode, compressed) : encodeMessage(msg);
+      return compressed.length < bytes.length ? compressedFrame(opcode, compressed, this.#client) : plain(msg);
     }
     this.#deflater ??= new ZlibStream("deflate", this.#windowBits, this.#level);
-    return compressedFrame(opcode, this.#deflater.deflate(bytes, Z_SYNC_FLUSH));
+    return compressedFrame(opcode, this.#deflater.deflate(bytes, Z_SYNC_FLUSH), this.#client);
   }
 
   /**
@@ -479,7 +555,7 @@ export class PerMessageDeflate {
   /** Inflates the next piece of a compressed message's payload into `sink`. */
   inflate(piece: Uint8Array, sink: Sink): void {
     if (piece.length === 0) return;
-    this.#inflater ??= this.params.clientNoContextTakeover
+    this.#inflater ??= this.#receiveFresh
       ? idleInflaters.pop() ?? new ZlibStream("inflate")
       : new ZlibStream("inflate");
     this.#inflating = true;
@@ -488,7 +564,7 @@ export class PerMessageDeflate {
 
   /**
    * The compressed message is whole: its inflation ends with the 4 bytes the sender
-   * left off (RFC 7692 7.2.2). Without client context takeover the inflater goes back
+   * left off (RFC 7692 7.2.2). Without the peer's context takeover the inflater goes back
    * to the pool; with it, it keeps its window, unless the stream ended (BFINAL, RFC
    * 7692 7.2.3.4), after which the next message starts a new one.
    */
@@ -501,7 +577,7 @@ export class PerMessageDeflate {
     if (inflater === undefined || !this.#inflating) return;
     this.#inflating = false;
     inflater.inflate(TAIL, sink);
-    if (this.params.clientNoContextTakeover) {
+    if (this.#receiveFresh) {
       this.#inflater = undefined;
       giveBack(inflater);
     } else if (inflater.ended) {
@@ -514,7 +590,7 @@ export class PerMessageDeflate {
     this.#deflater?.close();
     this.#deflater = undefined;
     if (this.#inflater !== undefined) {
-      if (this.params.clientNoContextTakeover) giveBack(this.#inflater);
+      if (this.#receiveFresh) giveBack(this.#inflater);
       else this.#inflater.close();
       this.#inflater = undefined;
     }

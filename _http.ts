@@ -228,6 +228,8 @@ export interface ClientRequest {
   key: string;
   protocols: readonly string[];
   headers: Readonly<Record<string, string>>;
+  /** The `Sec-WebSocket-Extensions` offer, if any. */
+  extensions?: string;
 }
 
 // RFC 6455 4.1: the client's opening handshake; the caller's headers come after ours
@@ -243,6 +245,7 @@ export function requestHead(request: ClientRequest): Uint8Array {
     "Sec-WebSocket-Version: 13",
   ];
   if (request.protocols.length > 0) lines.push(`Sec-WebSocket-Protocol: ${request.protocols.join(", ")}`);
+  if (request.extensions !== undefined) lines.push(`Sec-WebSocket-Extensions: ${request.extensions}`);
   const reserved = new Set([
     "host",
     "upgrade",
@@ -250,7 +253,7 @@ export function requestHead(request: ClientRequest): Uint8Array {
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-protocol", // offered with `protocols`, so that the answer can be checked
-    "sec-websocket-extensions",
+    "sec-websocket-extensions", // offered with `compression`
   ]);
   for (const [name, value] of Object.entries(request.headers)) {
     if (reserved.has(name.toLowerCase())) throw new TypeError(`Header ${name} is set by the handshake`);
@@ -262,11 +265,26 @@ export function requestHead(request: ClientRequest): Uint8Array {
   return encoder.encode(lines.join("\r\n") + "\r\n\r\n");
 }
 
+/** What a client's request asked for, to check the answer against. */
+export interface ExpectedAnswer {
+  /** The `Sec-WebSocket-Accept` the key gives. */
+  accept: string;
+  /** The subprotocols offered. */
+  protocols: readonly string[];
+  /** Whether extensions were offered; the caller checks the answer's (`extensions`). */
+  extensions: boolean;
+}
+
+/** What the server chose: a subprotocol (or ""), and its `Sec-WebSocket-Extensions`, if any. */
+export interface Answer {
+  protocol: string;
+  extensions: string | null;
+}
+
 // RFC 6455 4.1 (the client's checks of the answer, 4.2.2 on the server's side): 101,
 // Upgrade and Connection, the accept key, and no subprotocol or extension that was not
-// asked for. Returns the subprotocol chosen, or "". Any failure throws ProtocolError
-// with the answer's status.
-export function checkResponse(head: string, accept: string, protocols: readonly string[]): string {
+// asked for. Any failure throws ProtocolError with the answer's status.
+export function checkResponse(head: string, expected: ExpectedAnswer): Answer {
   const lines = head.split("\r\n");
   const match = /^HTTP\/1\.1 (\d{3})(?: (.*))?$/.exec(lines[0]);
   if (match === null) throw new ProtocolError(`Malformed status line ${JSON.stringify(lines[0].slice(0, 40))}`);
@@ -293,14 +311,16 @@ export function checkResponse(head: string, accept: string, protocols: readonly 
     throw fail("Connection header must contain upgrade", "WS_ERR_HANDSHAKE");
   }
   const answered = headers.get("sec-websocket-accept");
-  if (answered !== accept) {
-    throw fail(`Sec-WebSocket-Accept must be ${accept}, got ${answered}`, "WS_ERR_INVALID_ACCEPT");
+  if (answered !== expected.accept) {
+    throw fail(`Sec-WebSocket-Accept must be ${expected.accept}, got ${answered}`, "WS_ERR_INVALID_ACCEPT");
   }
   const extensions = headers.get("sec-websocket-extensions");
-  if (extensions !== null) throw fail(`Extension ${extensions} was not requested`, "WS_ERR_UNREQUESTED_EXTENSION");
+  if (extensions !== null && !expected.extensions) {
+    throw fail(`Extension ${extensions} was not requested`, "WS_ERR_UNREQUESTED_EXTENSION");
+  }
   const protocol = headers.get("sec-websocket-protocol") ?? "";
-  if (protocol !== "" && !protocols.includes(protocol)) {
+  if (protocol !== "" && !expected.protocols.includes(protocol)) {
     throw fail(`Subprotocol ${protocol} was not requested`, "WS_ERR_UNREQUESTED_PROTOCOL");
   }
-  return protocol;
+  return { protocol, extensions };
 }

@@ -5,6 +5,7 @@
 
 import { assert, assertEquals, assertInstanceOf, assertMatch, assertNotEquals, assertRejects } from "@std/assert";
 import { WebSocketServer } from "ws";
+import { deflateStats } from "./_deflate.ts";
 import { ProtocolError } from "./errors.ts";
 import { applyMask, decodeClosePayload, decodeHeader, encodeClosePayload, encodeFrame, Opcode } from "./frame.ts";
 import { type ClientOptions, computeAcceptKey, Protocol } from "./protocol.ts";
@@ -124,9 +125,9 @@ function denoEchoServer(tls?: { cert: string; key: string }): EchoServer {
   };
 }
 
-async function wsEchoServer(): Promise<EchoServer> {
+async function wsEchoServer(perMessageDeflate: boolean | object = false): Promise<EchoServer> {
   const closes = new Queue<number>();
-  const server = new WebSocketServer({ host: "127.0.0.1", port: 0, perMessageDeflate: false });
+  const server = new WebSocketServer({ host: "127.0.0.1", port: 0, perMessageDeflate });
   await within(
     new Promise((resolve, reject) => {
       server.once("listening", resolve);
@@ -164,9 +165,9 @@ const pythonMissing = peerMissing(() =>
   new Deno.Command(PYTHON, { args: ["-c", "import websockets"], stderr: "null" }).outputSync().success
 );
 
-async function pythonEchoServer(): Promise<EchoServer> {
+async function pythonEchoServer(compression = false): Promise<EchoServer> {
   const child = new Deno.Command(PYTHON, {
-    args: [new URL("./testdata/python_echo_server.py", import.meta.url).pathname],
+    args: [new URL("./testdata/python_echo_server.py", import.meta.url).pathname, ...(compression ? ["deflate"] : [])],
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",
@@ -1171,3 +1172,43 @@ Deno.test("raw: a masked frame in the same write as the 101: connect resolves, n
   assertEquals(error, undefined, "connect rejected although the handshake succeeded");
   assertEquals([client?.messages, client?.closeCode, client?.connects, client?.disconnects], [[], 1002, 1, 1]);
 });
+
+// ---------------------------------------------------------------- permessage-deflate offered
+
+// The echo scenario with the client offering permessage-deflate: the 100 KB binary and
+// the 1 MiB text (over the threshold) go compressed both ways, or, when the server
+// declines, nothing does.
+async function compressedEchoScenario(
+  start: () => EchoServer | Promise<EchoServer>,
+  compression: ClientOptions["compression"],
+  serverCompresses: boolean,
+): Promise<void> {
+  const before = { ...deflateStats };
+  await runEchoScenario(start, { compression });
+  const compressed = deflateStats.compressed - before.compressed;
+  const inflated = deflateStats.inflated - before.inflated;
+  if (serverCompresses) {
+    // Two connections; the first sends both large messages, each echoed.
+    assert(compressed >= 2, `${compressed} messages sent compressed`);
+    assert(inflated >= 2, `${inflated} messages received compressed`);
+  } else {
+    assertEquals([compressed, inflated], [0, 0], "compressed messages");
+  }
+}
+
+for (const mode of ["no-context-takeover", "context-takeover"] as const) {
+  Deno.test({
+    name: `interop deflate: the client (${mode}) with npm ws's server compressing`,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: () => compressedEchoScenario(() => wsEchoServer({ threshold: 0 }), { mode }, true),
+  });
+  Deno.test({
+    name: `interop deflate: the client (${mode}) with Python websockets's server compressing`,
+    ignore: pythonMissing,
+    fn: () => compressedEchoScenario(() => pythonEchoServer(true), { mode }, true),
+  });
+}
+
+Deno.test("interop deflate: Deno.serve declines the client's offer; messages go plain", () =>
+  compressedEchoScenario(denoEchoServer, true, false));

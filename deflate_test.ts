@@ -4,6 +4,8 @@ import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows }
 import { constants, deflateRawSync, inflateRawSync } from "node:zlib";
 import { Core, resolveOptions } from "./_core.ts";
 import {
+  acceptAnswer,
+  type DeflateParams,
   deflateResponse,
   deflateStats,
   deflateSupported,
@@ -12,7 +14,7 @@ import {
   ZlibStream,
 } from "./_deflate.ts";
 import type { DataFrame } from "./_outbox.ts";
-import { FrameError } from "./errors.ts";
+import { FrameError, ProtocolError } from "./errors.ts";
 import { CloseCode, decodeClosePayload, decodeHeader, encodeFrame, Frame, Opcode } from "./frame.ts";
 import fc from "fast-check";
 import { Protocol, type ProtocolOptions } from "./protocol.ts";
@@ -639,4 +641,173 @@ Deno.test("property: compressed messages, fragmented at random and fed in random
     ),
     { seed: 7692, numRuns: 150 },
   );
+});
+
+// ---------------------------------------------------------------- the client role
+
+const CLIENT_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+// A client core that offered what its `compression` gives, answered 101 with `answer`
+// as the server's Sec-WebSocket-Extensions (none for null).
+function openClient(answer: string | null, compression: ProtocolOptions["compression"] = true): Core {
+  const core = new Core(resolveOptions({ compression }), "client");
+  const extensions = core.extensionOffer();
+  core.connect(encoder.encode("GET / HTTP/1.1\r\n\r\n"), {
+    accept: CLIENT_ACCEPT,
+    protocols: [],
+    extensions: !!extensions,
+  });
+  sent(core);
+  const head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+    `Sec-WebSocket-Accept: ${CLIENT_ACCEPT}\r\n` + (answer === null ? "" : `Sec-WebSocket-Extensions: ${answer}\r\n`);
+  core.receiveData(encoder.encode(head + "\r\n"));
+  return core;
+}
+
+// A server's frame: unmasked, RSV1 set.
+const serverFrame = (payload: Uint8Array) => concat([hex(`c1 ${payload.length.toString(16)}`), payload]);
+
+// A client's frame, unmasked and checked: masked, FIN, RSV1 as `rsv1`; its payload.
+function clientPayload(frame: DataFrame, rsv1 = true): Uint8Array {
+  const bytes = flatten(frame);
+  assertEquals(bytes[0] & 0xc0, rsv1 ? 0xc0 : 0x80, "FIN and RSV1");
+  assertEquals(bytes[1] & 0x80, 0x80, "the mask bit (RFC 6455 5.3)");
+  return new Frame(bytes, { masked: true, rsv1 }).payload;
+}
+
+Deno.test("client: permessage-deflate is offered when compression is on, as its mode asks", () => {
+  const offer = (compression: ProtocolOptions["compression"]) =>
+    new Core(resolveOptions({ compression }), "client").extensionOffer();
+  assertEquals(offer(undefined), undefined);
+  assertEquals(offer(false), undefined);
+  assertEquals(offer(true), "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+  assertEquals(offer({ mode: "context-takeover" }), "permessage-deflate");
+});
+
+Deno.test("client: the answers it accepts, and those that fail the connection (RFC 7692 5, 7)", async (t) => {
+  const accepted: [string, DeflateParams][] = [
+    ["permessage-deflate", { serverNoContextTakeover: false, clientNoContextTakeover: false }],
+    [
+      "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+      { serverNoContextTakeover: true, clientNoContextTakeover: true },
+    ],
+    ["Permessage-Deflate; server_max_window_bits=10", {
+      serverNoContextTakeover: false,
+      clientNoContextTakeover: false,
+      serverMaxWindowBits: 10,
+    }],
+    ['permessage-deflate; server_max_window_bits="8"', {
+      serverNoContextTakeover: false,
+      clientNoContextTakeover: false,
+      serverMaxWindowBits: 8,
+    }],
+  ];
+  for (const [answer, params] of accepted) {
+    await t.step(answer, () => {
+      assertEquals(acceptAnswer(answer), params);
+      const core = openClient(answer);
+      assertEquals([core.opened, core.handshakeError], [true, undefined]);
+    });
+  }
+  const refused = [
+    "x-webkit-deflate-frame",
+    "permessage-deflate, permessage-deflate",
+    "permessage-deflate, x-other",
+    "permessage-deflate; client_max_window_bits", // not offered (RFC 7692 7.1.2.2)
+    "permessage-deflate; client_max_window_bits=10",
+    "permessage-deflate; server_max_window_bits",
+    "permessage-deflate; server_max_window_bits=16",
+    "permessage-deflate; server_max_window_bits=010",
+    "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+    "permessage-deflate; client_no_context_takeover=1",
+    "permessage-deflate; unknown",
+    "permessage-deflate; a b",
+    "permessage-deflate, x y", // a malformed element beside it
+  ];
+  for (const answer of refused) {
+    await t.step(`refused: ${answer}`, () => {
+      assertThrows(() => acceptAnswer(answer), ProtocolError);
+      const core = openClient(answer);
+      assertEquals(core.opened, false);
+      assertEquals(core.state, "closed");
+      assertEquals(core.handshakeError?.code, "WS_ERR_INVALID_EXTENSION");
+    });
+  }
+  await t.step("any extension, when none was offered", () => {
+    const core = openClient("permessage-deflate", false);
+    assertEquals(core.opened, false);
+    assertEquals(core.handshakeError?.code, "WS_ERR_UNREQUESTED_EXTENSION");
+  });
+  await t.step("no extension in the answer: messages go plain", () => {
+    const core = openClient(null);
+    assertEquals(core.opened, true);
+    const text = "Hello, Hello, Hello, Hello! ".repeat(20);
+    assertEquals(new TextDecoder().decode(clientPayload(core.encode(text), false)), text);
+  });
+});
+
+Deno.test("client: inflates with the server_* parameters (RFC 7692 7.2.3.2), whatever client_* says", async (t) => {
+  await t.step("the server keeps its window: the second Hello refers to the first", () => {
+    // client_no_context_takeover is about what the client sends, not what it receives.
+    const core = openClient("permessage-deflate; client_no_context_takeover");
+    core.receiveData(serverFrame(hex("f2 48 cd c9 c9 07 00")));
+    core.receiveData(serverFrame(hex("f2 00 11 00 00")));
+    assertEquals(messages(core), ["Hello", "Hello"]);
+  });
+  await t.step("server_no_context_takeover: a reference to the last message is 1007", () => {
+    const core = openClient("permessage-deflate; server_no_context_takeover", { mode: "context-takeover" });
+    core.receiveData(serverFrame(hex("f2 48 cd c9 c9 07 00")));
+    core.receiveData(serverFrame(hex("f2 00 11 00 00")));
+    assertEquals(messages(core), ["Hello"]);
+    const frame = new Frame(sent(core), { masked: true });
+    assertEquals([frame.opcode, decodeClosePayload(frame.payload).code], [Opcode.Close, CloseCode.InvalidPayload]);
+  });
+  await t.step("RSV1 without the extension in force is 1002", () => {
+    const core = openClient(null);
+    core.receiveData(serverFrame(hex("f2 48 cd c9 c9 07 00")));
+    assertEquals(messages(core), []);
+    assertEquals(decodeClosePayload(new Frame(sent(core), { masked: true }).payload).code, CloseCode.ProtocolError);
+  });
+});
+
+Deno.test("client: compresses with the client_* parameters, every frame masked (RFC 6455 5.3, RFC 7692 6)", async (t) => {
+  const text = new TextDecoder().decode(jsonLike(2000));
+  // Inflates messages in order through one stream, which keeps its window, as a server would.
+  function inflater(): (payload: Uint8Array) => string {
+    const stream = new ZlibStream("inflate");
+    return (payload) => {
+      const pieces: Uint8Array[] = [];
+      stream.inflate(concat([payload, TAIL]), (piece) => pieces.push(piece.slice()));
+      return new TextDecoder().decode(concat(pieces));
+    };
+  }
+  const inflated = (payload: Uint8Array) => new TextDecoder().decode(inflate(payload));
+  await t.step("context takeover kept when the server allows: the second message refers to the first", () => {
+    // server_no_context_takeover is about what the server sends.
+    const core = openClient("permessage-deflate; server_no_context_takeover", { mode: "context-takeover" });
+    const first = clientPayload(core.encode(text));
+    const second = clientPayload(core.encode(text));
+    assert(second.length < first.length / 2, `${second.length} bytes after ${first.length}`);
+    const server = inflater();
+    assertEquals([server(first), server(second)], [text, text]);
+  });
+  await t.step("client_no_context_takeover: each message compressed alone", () => {
+    const core = openClient("permessage-deflate; client_no_context_takeover", { mode: "context-takeover" });
+    const first = clientPayload(core.encode(text));
+    const second = clientPayload(core.encode(text));
+    assertEquals(second, first);
+    assertEquals(inflated(second), text);
+  });
+  await t.step('"no-context-takeover" mode drops the window even when the server did not ask', () => {
+    const core = openClient("permessage-deflate");
+    const first = clientPayload(core.encode(encoder.encode(text)));
+    assertEquals(clientPayload(core.encode(encoder.encode(text))), first);
+    assertEquals(inflated(first), text);
+  });
+  await t.step("each frame gets its own masking key; short messages go plain", () => {
+    const core = openClient("permessage-deflate");
+    const [a, b] = [flatten(core.encode(text)), flatten(core.encode(text))];
+    assert(a.subarray(2, 6).join() !== b.subarray(2, 6).join(), "two frames, two keys");
+    assertEquals(new TextDecoder().decode(clientPayload(core.encode("short"), false)), "short");
+  });
 });

@@ -98,10 +98,11 @@ export interface ProtocolOptions {
   /** Origins allowed to connect (exact `Origin` values, or a predicate); others get 403. Default: all. */
   allowedOrigins?: readonly string[] | ((origin: string | null) => boolean);
   /**
-   * permessage-deflate (RFC 7692), accepted when a client offers it (server side):
-   * `false` (the default) declines it, `true` accepts it with the defaults of
-   * {@linkcode CompressionOptions} (no context takeover, messages from 256 bytes,
-   * level 6). Compressed messages count against `maxPayload` once inflated.
+   * permessage-deflate (RFC 7692): a server accepts it when a client offers it, a
+   * client ({@linkcode Protocol.connect}) offers it. `false` (the default) turns it
+   * off, `true` turns it on with the defaults of {@linkcode CompressionOptions} (no
+   * context takeover, messages from 256 bytes, level 6). Compressed messages count
+   * against `maxPayload` once inflated.
    */
   compression?: boolean | CompressionOptions;
 }
@@ -596,7 +597,8 @@ export class Protocol {
     const core = this.#core = new Core(resolveOptions(options), "client");
     const protocols = options.protocols ?? [];
     const key = crypto.getRandomValues(new Uint8Array(16)).toBase64();
-    const head = requestHead({ url, key, protocols, headers: options.headers ?? {} });
+    const extensions = core.extensionOffer();
+    const head = requestHead({ url, key, protocols, headers: options.headers ?? {}, extensions });
     const accept = await computeAcceptKey(key);
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -612,7 +614,7 @@ export class Protocol {
       this.#conn = await connecting;
       if (timedOut) this.#conn.close();
       (this.#conn as Partial<Deno.TcpConn>).setNoDelay?.(true);
-      core.connect(head, accept, protocols);
+      core.connect(head, { accept, protocols, extensions: extensions !== undefined });
       this.#sync();
       while (core.state === "connecting" && (await this.#read()));
     } catch (error) {
