@@ -690,6 +690,18 @@ Deno.test("maxPayload: fragments may sum to exactly the limit; control frames ke
   assertEquals(core.state, "open");
 });
 
+// ---------------------------------------------------------------- maxHeaderSize under the read buffer
+
+Deno.test("maxHeaderSize under 1 KiB: a head of exactly the limit in one read passes, one byte more is 431", () => {
+  // The read buffer starts at 1 KiB: a whole head over a smaller limit arrives in one read.
+  for (const [length, status] of [[300, 101], [301, 431], [304, 431], [305, 431]]) {
+    const core = makeCore({ maxHeaderSize: 300 });
+    core.receiveData(utf8(paddedHead(length)), 0);
+    for (const event of core.takeEvents()) if (event.type === "upgrade") core.accept(ACCEPT, "", 0);
+    assertEquals(httpAnswer(drain(core)).status, status, `a head of ${length} bytes`);
+  }
+});
+
 // ---------------------------------------------------------------- large frames
 
 Deno.test("a large binary frame is read into its own buffer, unmasked as it arrives, and delivered as that buffer", () => {
@@ -1049,6 +1061,31 @@ Deno.test("RFC 6455 5.5.1: after our close frame nothing is sent, not even a pon
   assertEquals(frames.map(([opcode]) => opcode), [Opcode.Text, Opcode.Close]);
   assertEquals(decodeClosePayload(frames[1][1]), { code: 1000, reason: "done" });
   assertDeaf(core);
+});
+
+Deno.test("RFC 6455 5.5.1: a close read with messages waits until they are taken: their answers go before the echo", () => {
+  const bytes = concat(clientFrame(Opcode.Text, "one"), clientFrame(Opcode.Text, "two"), clientFrame(Opcode.Close));
+  for (const [how, pieces] of feedings(bytes)) {
+    const core = openCore();
+    const answered: CoreEvent[] = [];
+    for (const piece of pieces) {
+      core.receiveData(piece, 0);
+      for (let events = core.takeEvents(); events.length > 0; events = core.takeEvents()) {
+        for (const event of events) {
+          answered.push(event);
+          // The app answers each message as it is taken, as onMessage does.
+          if (event.type === "message") assert(core.send(encodeMessage(`re ${event.data}`)), how);
+        }
+      }
+    }
+    assertEquals(answered.map((event) => event.type), ["message", "message", "close"], how);
+    assertEquals(sent(core).map(([opcode, payload]) => [opcode, payload.length]), [
+      [Opcode.Text, 6],
+      [Opcode.Text, 6],
+      [Opcode.Close, 0],
+    ], how);
+    assertEquals(core.state, "closed", how);
+  }
 });
 
 Deno.test("RFC 6455 7.1.7: a violation after our close sends no second close frame", () => {
