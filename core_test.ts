@@ -690,6 +690,32 @@ Deno.test("maxPayload: fragments may sum to exactly the limit; control frames ke
   assertEquals(core.state, "open");
 });
 
+// ---------------------------------------------------------------- options
+
+Deno.test("options: the defaults are the documented ones; an option given as undefined keeps its default", () => {
+  const documented = {
+    maxPayload: 16 * MiB,
+    maxFragments: 1024 * 1024,
+    maxHeaderSize: 16 * KiB,
+    maxHeaders: 100,
+    handshakeTimeout: 10_000,
+    closeTimeout: 5_000,
+    maxBackpressure: 16 * MiB,
+    backpressurePolicy: "close",
+    pingInterval: 30_000,
+    idleTimeout: 60_000,
+    compression: undefined,
+  };
+  assertEquals(resolveOptions({}), documented);
+  const undefinedEach = Object.fromEntries(Object.keys(documented).map((name) => [name, undefined]));
+  assertEquals(resolveOptions(undefinedEach), documented);
+  assertEquals(resolveOptions({ maxPayload: 10, pingInterval: 0 }), { ...documented, maxPayload: 10, pingInterval: 0 });
+  // And in force: a head of 16 KiB + 1 is 431 with the defaults, whatever was passed as undefined.
+  const core = makeCore({ maxHeaderSize: undefined });
+  core.receiveData(utf8(paddedHead(16 * KiB + 1)), 0);
+  assertEquals(httpAnswer(drain(core)).status, 431);
+});
+
 // ---------------------------------------------------------------- maxHeaderSize under the read buffer
 
 Deno.test("maxHeaderSize under 1 KiB: a head of exactly the limit in one read passes, one byte more is 431", () => {
@@ -725,6 +751,41 @@ Deno.test("a large binary frame is read into its own buffer, unmasked as it arri
   assertEquals(events.length, 1);
   assertStrictEquals(binaryMessage(events[0]).buffer, buffer);
   assertSameBytes(binaryMessage(events[0]), payload);
+});
+
+/** An open Core that has received the header of a large frame and none of its payload. */
+function largeFrameStarted(opcode: Opcode, length: number): Core {
+  const core = openCore();
+  core.receiveData(clientHeader(opcode, length), 0);
+  assertEquals(core.readTarget().length, length);
+  return core;
+}
+
+Deno.test("large text frames read at once on two connections do not share a payload buffer", () => {
+  // A large text finished first: its buffer becomes the spare one, for the next large text.
+  feed(openCore(), [clientFrame(Opcode.Text, "s".repeat(8 * KiB))]);
+  const [a, b] = [largeFrameStarted(Opcode.Text, 4 * KiB), largeFrameStarted(Opcode.Text, 4 * KiB)];
+  // Both reads complete before either is handled, as two connections' reads can.
+  const [targetA, targetB] = [a.readTarget(), b.readTarget()];
+  targetA.set(maskedPayload(utf8("a".repeat(4 * KiB))));
+  targetB.set(maskedPayload(utf8("b".repeat(4 * KiB))));
+  a.receive(4 * KiB, 0);
+  b.receive(4 * KiB, 0);
+  assertEquals(a.takeEvents(), [{ type: "message", data: "a".repeat(4 * KiB) }]);
+  assertEquals(b.takeEvents(), [{ type: "message", data: "b".repeat(4 * KiB) }]);
+});
+
+Deno.test("a large binary message handed to the user is not reused for the next large text", () => {
+  // Take the spare buffer, if any, so that the binary's buffer would be the next one.
+  const holder = largeFrameStarted(Opcode.Text, 1100);
+  const payload = new Uint8Array(2 * MiB).map((_, i) => i * 31);
+  const events = feed(openCore(), [concat(clientHeader(Opcode.Binary, payload.length), maskedPayload(payload))]);
+  const binary = binaryMessage(events[0]);
+  assertSameBytes(binary, payload);
+  const text = "t".repeat(MiB);
+  assertEquals(feed(openCore(), [clientFrame(Opcode.Text, text)]), [{ type: "message", data: text }]);
+  assertSameBytes(binary, payload);
+  holder.release();
 });
 
 // ---------------------------------------------------------------- RFC 6455 8.1: UTF-8 as it arrives
@@ -1050,6 +1111,7 @@ Deno.test("RFC 6455 5.5.1: after our close frame nothing is sent, not even a pon
   assertEquals(core.send(encodeMessage("after")), false);
   assertEquals(core.ping(utf8("after")), false);
   core.close(1001, "twice");
+  assertEquals([core.closeCode, core.closeReason], [1000, "done"], "a second close() replaced the first");
   // The peer may still send data before its close (RFC 6455 7.1.2): delivered, but no pong.
   core.receiveData(concat(clientFrame(Opcode.Ping, "late"), clientFrame(Opcode.Text, "still")), 0);
   assertEquals(core.takeEvents(), [{ type: "ping", data: utf8("late") }, { type: "message", data: "still" }]);
@@ -1112,6 +1174,15 @@ Deno.test("close() during the handshake drops the connection without an answer",
   assertEquals(core.outbox.next(), undefined);
 });
 
+Deno.test("close() while a client's request head is queued drops it: nothing is written", () => {
+  const core = new Core(resolveOptions({}), "client");
+  core.connect(utf8(handshake()), ACCEPT, []);
+  assert(core.outbox.pending);
+  core.close(1000, "");
+  assertEquals([core.state, core.outbox.pending, core.outbox.closed], ["closed", false, true]);
+  assertEquals(core.outbox.next(), undefined);
+});
+
 Deno.test("RFC 6455 7.1.7: an unexpected exception in the read path closes with 1011 and one error event", () => {
   // Fault 5 of issue 9: such an error dropped TCP without a close frame (the peer saw 1006).
   const core = openCore();
@@ -1127,6 +1198,22 @@ Deno.test("RFC 6455 7.1.7: an unexpected exception in the read path closes with 
     1011,
   ]]);
   assertDeaf(core);
+});
+
+Deno.test("RFC 6455 5.5: a failure whose message is over 123 bytes closes with it cut to 123 bytes, whole characters", () => {
+  // No error the frame rules raise today is that long; the one catch site must hold for any.
+  const core = openCore();
+  const message = "é".repeat(100); // 200 bytes: 123 would cut the 62nd character in two
+  core.outbox.pushPong = () => {
+    throw new ProtocolError(message, { closeCode: 1008 });
+  };
+  core.receiveData(clientFrame(Opcode.Ping, "boom"), 0);
+  assertEquals(core.takeEvents(), []);
+  assertEquals([core.state, core.closeCode, core.closeReason], ["closed", 1008, message]);
+  const frames = sent(core);
+  assertEquals(frames.length, 1);
+  assertEquals(frames[0][1].length, 2 + 122);
+  assertEquals(decodeClosePayload(frames[0][1]), { code: 1008, reason: "é".repeat(61) });
 });
 
 Deno.test("an unexpected exception while parsing the request head answers 500", () => {
