@@ -3,7 +3,7 @@
 // decoded as a client would read it.
 import { assert, assertEquals, assertStrictEquals } from "@std/assert";
 import { Core, type CoreEvent, reservedBytes, resolveOptions } from "./_core.ts";
-import { encodeMessage } from "./_outbox.ts";
+import { encodeMessage, Outbox } from "./_outbox.ts";
 import { ProtocolError } from "./errors.ts";
 import { decodeClosePayload, encodeClosePayload, encodeFrame, encodeHeader, Frame, Opcode } from "./frame.ts";
 import type { ProtocolOptions } from "./protocol.ts";
@@ -982,6 +982,74 @@ Deno.test("outbox: a broadcast frame encoded once is handed out as the very same
       assertEquals([first.outbox.next(), second.outbox.next()], [undefined, undefined]);
     });
   }
+});
+
+Deno.test("outbox: a join fills to exactly 64 KiB and a header, a 64 KiB payload after a small frame included", () => {
+  const core = openCore();
+  // 4 + 10 + 65,536 bytes: the limit, to the byte.
+  assert(core.send(encodeMessage("xy")));
+  assert(core.send(encodeMessage(new Uint8Array(64 * KiB).fill(5))));
+  assert(core.send(encodeMessage("z")));
+  assertEquals(drainPieces(core).map((piece) => piece.length), [64 * KiB + 14, 3]);
+});
+
+Deno.test("outbox: a join buffer given back to the pool is not written again by the connection that gave it", () => {
+  // Runs over 4 KiB are joined in a buffer lent to the connection while it is busy.
+  const run = (fill: number) => Array.from({ length: 5 }, () => encodeMessage(new Uint8Array(1000).fill(fill)));
+  const [a, b] = [new Outbox(Infinity), new Outbox(Infinity)];
+  for (const frame of run(1)) a.push(frame);
+  const first = a.next()!;
+  a.written(first.length); // a is idle: its join buffer goes back to the pool
+  for (const frame of run(2)) b.push(frame);
+  const fromB = b.next()!; // b is writing from the pooled buffer
+  const expected = fromB.slice();
+  for (const frame of run(3)) a.push(frame);
+  const second = a.next()!;
+  assertEquals(second.length, 5020);
+  assertSameBytes(fromB, expected);
+  b.written(fromB.length);
+  a.written(second.length);
+});
+
+Deno.test("outbox: a large binary message counts header and payload against maxBackpressure", () => {
+  const outbox = new Outbox(5000);
+  assertEquals(outbox.push(encodeMessage("x".repeat(98))), "queued"); // 100 bytes
+  const large = encodeMessage(new Uint8Array(4897)); // 4 + 4,897: 5,001 bytes in all with the 100
+  assert(Array.isArray(large));
+  assertEquals(outbox.push(large), "over-limit");
+  assertEquals(outbox.bufferedAmount, 100);
+  assertEquals(outbox.push(encodeMessage(new Uint8Array(4896))), "queued"); // exactly 5,000
+  assertEquals(outbox.bufferedAmount, 5000);
+});
+
+Deno.test("outbox: nothing goes in after the last bytes; discard() empties the queue and bufferedAmount", () => {
+  const outbox = new Outbox(1000);
+  assertEquals(outbox.push(encodeMessage("before")), "queued");
+  outbox.pushLast(encodeFrame(Opcode.Close, encodeClosePayload(1000)));
+  assertEquals([outbox.closed, outbox.bufferedAmount], [true, 8 + 4]);
+  assertEquals(outbox.push(encodeMessage("after")), "closed");
+  assertEquals(outbox.pushControl(encodeFrame(Opcode.Ping, "after")), false);
+  outbox.pushPong(utf8("after"));
+  outbox.pushLast(encodeFrame(Opcode.Close, encodeClosePayload(1001)));
+  assertEquals([outbox.bufferedAmount, outbox.queuedFrames], [12, 2]);
+  const piece = outbox.next()!;
+  assertEquals(serverFrames(piece.slice()).map((frame) => frame.opcode), [Opcode.Text, Opcode.Close]);
+  outbox.discard(); // the connection went away with the piece unwritten
+  assertEquals([outbox.bufferedAmount, outbox.pending, outbox.next()], [0, false, undefined]);
+});
+
+Deno.test("RFC 6455 5.5.3: a pong replaced by a longer or shorter one keeps bufferedAmount exact", () => {
+  const core = openCore({ maxBackpressure: 110 });
+  for (let i = 0; i < 10; i++) core.receiveData(clientFrame(Opcode.Ping, pingData(i)), 0); // 10 x 11 bytes
+  assertEquals(core.outbox.bufferedAmount, 110);
+  core.receiveData(clientFrame(Opcode.Ping, new Uint8Array(100)), 0); // replaces the tenth with 102 bytes
+  assertEquals(core.outbox.bufferedAmount, 99 + 102);
+  core.receiveData(clientFrame(Opcode.Ping), 0); // and that one with 2 bytes
+  assertEquals(core.outbox.bufferedAmount, 99 + 2);
+  const pieces = drainPieces(core);
+  assertEquals(pieces.reduce((sum, piece) => sum + piece.length, 0), 101);
+  assertEquals(core.outbox.bufferedAmount, 0);
+  assertEquals(serverFrames(concat(...pieces)).at(-1)?.payload, new Uint8Array(0));
 });
 
 // ---------------------------------------------------------------- heartbeats, with a fake clock
