@@ -716,6 +716,18 @@ Deno.test("options: the defaults are the documented ones; an option given as und
   assertEquals(httpAnswer(drain(core)).status, 431);
 });
 
+Deno.test("a message or ping during the handshake is refused: the 101 is the first thing written", () => {
+  const core = makeCore();
+  core.receiveData(utf8(handshake()), 0);
+  assertEquals(core.takeEvents().map((event) => event.type), ["upgrade"]);
+  assertEquals([core.send(encodeMessage("early")), core.ping(utf8("early"))], [false, false]);
+  assertEquals(core.outbox.pending, false);
+  core.accept(ACCEPT, "", 0);
+  const written = drain(core);
+  const answer = httpAnswer(written);
+  assertEquals([answer.status, answer.length], [101, written.length]);
+});
+
 // ---------------------------------------------------------------- maxHeaderSize under the read buffer
 
 Deno.test("maxHeaderSize under 1 KiB: a head of exactly the limit in one read passes, one byte more is 431", () => {
@@ -1077,6 +1089,13 @@ Deno.test("heartbeat: the first ping is due pingInterval after the open, not at 
   assertEquals(core.tick(11_100), "ping");
 });
 
+Deno.test("heartbeat: a beat that comes a little early still pings: timers drift, a ping is not put off a period", () => {
+  const core = openCore({ pingInterval: 1000, idleTimeout: 0 }); // opened at 0
+  assertEquals([499, 500].map((now) => core.tick(now)), [undefined, "ping"]);
+  // Beats 10 ms early, each: a ping every one of them.
+  assertEquals([999, 1490, 2480, 3470].map((now) => core.tick(now)), [undefined, "ping", "ping", "ping"]);
+});
+
 Deno.test("heartbeat: pings every pingInterval even when idleTimeout is shorter", () => {
   const core = openCore({ pingInterval: 300, idleTimeout: 100 });
   assertEquals(core.heartbeatPeriod, 100);
@@ -1118,6 +1137,23 @@ function declareLargeFrames(): { cores: Core[]; highest: number } {
   }
   return { cores, highest };
 }
+
+Deno.test("reserve: a large frame holds the room it has not received yet, and none once it is whole or gone", () => {
+  const start = reservedBytes();
+  const core = openCore();
+  core.receiveData(clientHeader(Opcode.Binary, MiB), 0);
+  assertEquals(reservedBytes() - start, MiB);
+  core.receiveData(maskedPayload(new Uint8Array(1000)), 0);
+  assertEquals(reservedBytes() - start, MiB - 1000);
+  core.receiveData(maskedPayload(new Uint8Array(MiB - 1000), 1000), 0);
+  assertEquals(core.takeEvents().length, 1);
+  assertEquals(reservedBytes(), start);
+  // A connection that ends inside a large frame gives its room back.
+  core.receiveData(concat(clientHeader(Opcode.Binary, MiB), maskedPayload(new Uint8Array(5000))), 0);
+  assertEquals(reservedBytes() - start, MiB - 5000);
+  core.release();
+  assertEquals(reservedBytes(), start);
+});
 
 Deno.test("reserve: 20 connections declaring 16 MiB frames and sending nothing reserve at most 64 MiB in all", () => {
   const start = reservedBytes();
