@@ -765,6 +765,27 @@ Deno.test("a large binary frame is read into its own buffer, unmasked as it arri
   assertSameBytes(binaryMessage(events[0]), payload);
 });
 
+Deno.test("the read buffer grows while reads fill it, up to 64 KiB, and is 1 KiB again once reads are small", () => {
+  const core = openCore();
+  assertEquals(core.readTarget().length, KiB);
+  const burst = concat(
+    ...Array.from({ length: 4000 }, (_, i) => clientFrame(Opcode.Binary, new Uint8Array(94).fill(i))),
+  );
+  let largest = 0;
+  for (let offset = 0; offset < burst.length;) {
+    const target = core.readTarget();
+    largest = Math.max(largest, target.length);
+    const count = Math.min(target.length, burst.length - offset);
+    target.set(burst.subarray(offset, offset + count));
+    core.receive(count, 0);
+    offset += count;
+  }
+  assertEquals(takeAll(core).length, 4000);
+  assert(largest > 32 * KiB && largest <= 64 * KiB, `the read buffer took reads of at most ${largest} bytes`);
+  assertEquals(feed(core, [clientFrame(Opcode.Text, "small")]), [{ type: "message", data: "small" }]);
+  assertEquals(core.readTarget().length, KiB);
+});
+
 /** An open Core that has received the header of a large frame and none of its payload. */
 function largeFrameStarted(opcode: Opcode, length: number): Core {
   const core = openCore();
