@@ -673,6 +673,19 @@ Deno.test("maxFragments: a flood of empty fragments is stopped with 1009 at the 
   assertDeaf(core);
 });
 
+Deno.test("RFC 6455 5.4: a fragmented binary message delivered is not the buffer the next one is assembled in", () => {
+  const core = openCore();
+  const fragmented = (fill: number) =>
+    concat(
+      clientFrame(Opcode.Binary, new Uint8Array(300).fill(fill), false),
+      clientFrame(Opcode.Continuation, new Uint8Array(300).fill(fill)),
+    );
+  const [first] = feed(core, [fragmented(1)]);
+  const [second] = feed(core, [fragmented(2)]);
+  assertEquals(binaryMessage(first), new Uint8Array(600).fill(1));
+  assertEquals(binaryMessage(second), new Uint8Array(600).fill(2));
+});
+
 // ---------------------------------------------------------------- maxPayload
 
 Deno.test("maxPayload: fragments may sum to exactly the limit; control frames keep their 125 bytes under a smaller one", () => {
