@@ -6,8 +6,18 @@
 import { assert, assertEquals } from "@std/assert";
 import { encodeClosePayload, encodeFrame, Opcode } from "./frame.ts";
 import { ProtocolError } from "./errors.ts";
-import type { HttpResponse } from "./protocol.ts";
-import { encoder, handshake, type MemoryEnd, Recorder, within, withMemoryClient } from "./test_util.ts";
+import { deflateStats } from "./_deflate.ts";
+import { type HttpResponse, Protocol, type ProtocolOptions } from "./protocol.ts";
+import {
+  encoder,
+  handshake,
+  type MemoryEnd,
+  memoryPair,
+  RawClient,
+  Recorder,
+  within,
+  withMemoryClient,
+} from "./test_util.ts";
 
 const pattern = (size: number, seed = 0) => new Uint8Array(size).map((_, i) => (i * 31 + seed) & 255);
 
@@ -440,4 +450,36 @@ Deno.test("shell: a handshake accepted after the connection was dropped (timeout
       assertEquals(logged.map((args) => args.join(" ")), []);
     });
   }
+});
+
+// ---------------------------------------------------------------- broadcast
+
+/** A Recorder served over a memory connection whose raw client has completed the handshake. */
+async function openOverMemory(users: Map<string, Protocol>, options: ProtocolOptions, headers = {}) {
+  const [server, peer] = memoryPair();
+  const handler = new Recorder(users, { pingInterval: 0, idleTimeout: 0, closeTimeout: 1000, ...options });
+  const served = handler.serve(server);
+  const client = RawClient.over(peer);
+  await client.write(handshake(headers));
+  assertEquals((await client.readAnswer()).status, 101);
+  return { handler, client, served };
+}
+
+Deno.test("shell: broadcast skips a recipient that has ended, without encoding for it (its compressor is gone)", async () => {
+  const users = new Map<string, Protocol>();
+  // With context takeover each connection compresses its own copy.
+  const options = { compression: { mode: "context-takeover" as const } };
+  const offer = { "Sec-WebSocket-Extensions": "permessage-deflate" };
+  const [gone, open] = [await openOverMemory(users, options, offer), await openOverMemory(users, options, offer)];
+  await gone.client.sendClose(1000);
+  assertEquals((await gone.client.readUntilClose()).code, 1000);
+  gone.client.close();
+  await within(gone.handler.disconnected.promise);
+  await within(gone.served);
+  assertEquals(gone.handler.state, "closed");
+  const before = deflateStats.compressed;
+  assertEquals(Protocol.broadcast([gone.handler, open.handler], "x".repeat(1000)), 1);
+  assertEquals(deflateStats.compressed - before, 1, "compressed for the recipient that has ended");
+  open.client.close();
+  await within(open.served);
 });
