@@ -1,7 +1,8 @@
 // The protocol rules driven with bytes alone, no sockets: a Core gets the client's
 // bytes through receiveData, in every split, and what it hands to the outbox is
 // decoded as a client would read it.
-import { assert, assertEquals, assertStrictEquals } from "@std/assert";
+import { assert, assertEquals, assertStrictEquals, assertThrows } from "@std/assert";
+import { MessageAssembler } from "./_assembler.ts";
 import { Core, type CoreEvent, reservedBytes, resolveOptions } from "./_core.ts";
 import { encodeMessage, Outbox } from "./_outbox.ts";
 import { ProtocolError } from "./errors.ts";
@@ -684,6 +685,25 @@ Deno.test("RFC 6455 5.4: a fragmented binary message delivered is not the buffer
   const [second] = feed(core, [fragmented(2)]);
   assertEquals(binaryMessage(first), new Uint8Array(600).fill(1));
   assertEquals(binaryMessage(second), new Uint8Array(600).fill(2));
+});
+
+Deno.test("a small binary message is its own copy, not a view into the read buffer that the next read overwrites", () => {
+  const core = openCore();
+  const [first] = feed(core, [clientFrame(Opcode.Binary, new Uint8Array([1, 2, 3]))]);
+  feed(core, [clientFrame(Opcode.Binary, new Uint8Array([4, 5, 6]))]);
+  assertEquals(binaryMessage(first), new Uint8Array([1, 2, 3]));
+});
+
+Deno.test("assembler: a message over maxPayload is 1009 and one over maxFragments 1009, whatever the frame layer let by", () => {
+  const tooBig = new MessageAssembler(10, 100);
+  tooBig.begin(Opcode.Binary, false, 6);
+  const tooBigError = assertThrows(() => tooBig.begin(Opcode.Continuation, true, 5), ProtocolError);
+  assertEquals([tooBigError.closeCode, tooBigError.code], [1009, "WS_ERR_PAYLOAD_TOO_BIG"]);
+  const tooMany = new MessageAssembler(10, 2);
+  tooMany.begin(Opcode.Text, false, 0);
+  tooMany.begin(Opcode.Continuation, false, 0);
+  const tooManyError = assertThrows(() => tooMany.begin(Opcode.Continuation, true, 0), ProtocolError);
+  assertEquals([tooManyError.closeCode, tooManyError.code], [1009, "WS_ERR_TOO_MANY_FRAGMENTS"]);
 });
 
 // ---------------------------------------------------------------- maxPayload
