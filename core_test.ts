@@ -603,6 +603,25 @@ Deno.test("RFC 6455 5.5.3: a pong handed to the writer is not replaced; the one 
   assertEquals(sent(core), [[Opcode.Pong, pingData(2)]]);
 });
 
+Deno.test("RFC 6455 5.5.3: a pong handed to the writer, and none queued since, is not replaced: the new one is queued", () => {
+  const core = openCore({ maxBackpressure: 15 });
+  core.receiveData(clientFrame(Opcode.Ping, pingData(0)), 0);
+  const writing = core.outbox.next()!; // pong 0, being written
+  core.receiveData(clientFrame(Opcode.Ping, pingData(1)), 0); // over the limit, but no pong is queued
+  core.outbox.written(writing.length);
+  assertEquals(serverFrames(writing.slice()).map((frame) => frame.payload), [pingData(0)]);
+  assertEquals(sent(core), [[Opcode.Pong, pingData(1)]]);
+});
+
+Deno.test("RFC 6455 5.5.3: once the queue is written, no earlier pong is replaced: a new pong goes after the data", () => {
+  const core = openCore({ maxBackpressure: 22 });
+  core.receiveData(clientFrame(Opcode.Ping, pingData(0)), 0);
+  assertEquals(sent(core), [[Opcode.Pong, pingData(0)]]);
+  assert(core.send(textFrameOf(20)));
+  core.receiveData(clientFrame(Opcode.Ping, pingData(1)), 0); // over the limit: appended all the same
+  assertEquals(sent(core).map(([opcode]) => opcode), [Opcode.Text, Opcode.Pong]);
+});
+
 // ---------------------------------------------------------------- maxFragments
 
 /** Whether two byte arrays are equal; faster than assertEquals on megabytes. */
