@@ -483,3 +483,37 @@ Deno.test("shell: broadcast skips a recipient that has ended, without encoding f
   open.client.close();
   await within(open.served);
 });
+
+// ---------------------------------------------------------------- heartbeat groups
+
+Deno.test("shell: once its connections have ended, a heartbeat group leaves no timer: the process exits", async () => {
+  // The op sanitizer does not see intervals; a child process that cannot exit does.
+  const script = `
+    import { handshake, memoryPair, RawClient, Recorder } from ${JSON.stringify(import.meta.resolve("./test_util.ts"))};
+    const [server, peer] = memoryPair();
+    const handler = new Recorder(new Map(), { pingInterval: 100, idleTimeout: 1000, closeTimeout: 100 });
+    const served = handler.serve(server);
+    const client = RawClient.over(peer);
+    await client.write(handshake());
+    await client.readAnswer();
+    await client.sendClose(1000);
+    await client.readUntilClose();
+    client.close();
+    await served;
+    console.log("ended");`;
+  const path = await Deno.makeTempFile({ suffix: ".ts" });
+  try {
+    await Deno.writeTextFile(path, script);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-check", "--config", new URL("./deno.json", import.meta.url).pathname, path],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(15_000),
+    });
+    const { code, stdout, stderr } = await child.output();
+    const out = new TextDecoder().decode(stdout).trim();
+    assertEquals([code, out], [0, "ended"], new TextDecoder().decode(stderr));
+  } finally {
+    await Deno.remove(path);
+  }
+});
