@@ -517,3 +517,30 @@ Deno.test("shell: once its connections have ended, a heartbeat group leaves no t
     await Deno.remove(path);
   }
 });
+
+Deno.test("shell: a write that fails cuts the connection off at once: the send resolves false while the peer is still there", async () => {
+  const [server, peer] = memoryPair();
+  let writes = 0;
+  // The 101 answer goes out; the next write fails as on a reset socket, while reads stay pending.
+  const failing = {
+    read: (into: Uint8Array) => server.read(into),
+    write: (bytes: Uint8Array) =>
+      ++writes === 1 ? server.write(bytes) : Promise.reject(new Deno.errors.ConnectionReset("reset by peer")),
+    closeWrite: () => server.closeWrite(),
+    close: () => server.close(),
+  };
+  const handler = new Recorder(new Map(), { pingInterval: 0, idleTimeout: 0, closeTimeout: 1000 });
+  const served = handler.serve(failing);
+  const client = RawClient.over(peer);
+  try {
+    await client.write(handshake());
+    assertEquals((await client.readAnswer()).status, 101);
+    await within(handler.connected.promise);
+    assertEquals(await within(handler.sendMessage("lost"), 2000, "the send to resolve"), false);
+    await within(handler.disconnected.promise, 2000);
+    assertEquals([handler.state, handler.closeCode, server.closed], ["closed", 1006, true]);
+  } finally {
+    client.close();
+    await within(served);
+  }
+});
