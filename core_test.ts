@@ -1,9 +1,10 @@
 // The protocol rules driven with bytes alone, no sockets: a Core gets the client's
 // bytes through receiveData, in every split, and what it hands to the outbox is
 // decoded as a client would read it.
-import { assert, assertEquals, assertStrictEquals } from "@std/assert";
+import { assert, assertEquals, assertStrictEquals, assertThrows } from "@std/assert";
+import { MessageAssembler } from "./_assembler.ts";
 import { Core, type CoreEvent, reservedBytes, resolveOptions } from "./_core.ts";
-import { encodeMessage } from "./_outbox.ts";
+import { encodeMessage, Outbox } from "./_outbox.ts";
 import { ProtocolError } from "./errors.ts";
 import { decodeClosePayload, encodeClosePayload, encodeFrame, encodeHeader, Frame, Opcode } from "./frame.ts";
 import type { ProtocolOptions } from "./protocol.ts";
@@ -602,6 +603,25 @@ Deno.test("RFC 6455 5.5.3: a pong handed to the writer is not replaced; the one 
   assertEquals(sent(core), [[Opcode.Pong, pingData(2)]]);
 });
 
+Deno.test("RFC 6455 5.5.3: a pong handed to the writer, and none queued since, is not replaced: the new one is queued", () => {
+  const core = openCore({ maxBackpressure: 15 });
+  core.receiveData(clientFrame(Opcode.Ping, pingData(0)), 0);
+  const writing = core.outbox.next()!; // pong 0, being written
+  core.receiveData(clientFrame(Opcode.Ping, pingData(1)), 0); // over the limit, but no pong is queued
+  core.outbox.written(writing.length);
+  assertEquals(serverFrames(writing.slice()).map((frame) => frame.payload), [pingData(0)]);
+  assertEquals(sent(core), [[Opcode.Pong, pingData(1)]]);
+});
+
+Deno.test("RFC 6455 5.5.3: once the queue is written, no earlier pong is replaced: a new pong goes after the data", () => {
+  const core = openCore({ maxBackpressure: 22 });
+  core.receiveData(clientFrame(Opcode.Ping, pingData(0)), 0);
+  assertEquals(sent(core), [[Opcode.Pong, pingData(0)]]);
+  assert(core.send(textFrameOf(20)));
+  core.receiveData(clientFrame(Opcode.Ping, pingData(1)), 0); // over the limit: appended all the same
+  assertEquals(sent(core).map(([opcode]) => opcode), [Opcode.Text, Opcode.Pong]);
+});
+
 // ---------------------------------------------------------------- maxFragments
 
 /** Whether two byte arrays are equal; faster than assertEquals on megabytes. */
@@ -673,6 +693,38 @@ Deno.test("maxFragments: a flood of empty fragments is stopped with 1009 at the 
   assertDeaf(core);
 });
 
+Deno.test("RFC 6455 5.4: a fragmented binary message delivered is not the buffer the next one is assembled in", () => {
+  const core = openCore();
+  const fragmented = (fill: number) =>
+    concat(
+      clientFrame(Opcode.Binary, new Uint8Array(300).fill(fill), false),
+      clientFrame(Opcode.Continuation, new Uint8Array(300).fill(fill)),
+    );
+  const [first] = feed(core, [fragmented(1)]);
+  const [second] = feed(core, [fragmented(2)]);
+  assertEquals(binaryMessage(first), new Uint8Array(600).fill(1));
+  assertEquals(binaryMessage(second), new Uint8Array(600).fill(2));
+});
+
+Deno.test("a small binary message is its own copy, not a view into the read buffer that the next read overwrites", () => {
+  const core = openCore();
+  const [first] = feed(core, [clientFrame(Opcode.Binary, new Uint8Array([1, 2, 3]))]);
+  feed(core, [clientFrame(Opcode.Binary, new Uint8Array([4, 5, 6]))]);
+  assertEquals(binaryMessage(first), new Uint8Array([1, 2, 3]));
+});
+
+Deno.test("assembler: a message over maxPayload is 1009 and one over maxFragments 1009, whatever the frame layer let by", () => {
+  const tooBig = new MessageAssembler(10, 100);
+  tooBig.begin(Opcode.Binary, false, 6);
+  const tooBigError = assertThrows(() => tooBig.begin(Opcode.Continuation, true, 5), ProtocolError);
+  assertEquals([tooBigError.closeCode, tooBigError.code], [1009, "WS_ERR_PAYLOAD_TOO_BIG"]);
+  const tooMany = new MessageAssembler(10, 2);
+  tooMany.begin(Opcode.Text, false, 0);
+  tooMany.begin(Opcode.Continuation, false, 0);
+  const tooManyError = assertThrows(() => tooMany.begin(Opcode.Continuation, true, 0), ProtocolError);
+  assertEquals([tooManyError.closeCode, tooManyError.code], [1009, "WS_ERR_TOO_MANY_FRAGMENTS"]);
+});
+
 // ---------------------------------------------------------------- maxPayload
 
 Deno.test("maxPayload: fragments may sum to exactly the limit; control frames keep their 125 bytes under a smaller one", () => {
@@ -688,6 +740,56 @@ Deno.test("maxPayload: fragments may sum to exactly the limit; control frames ke
     { type: "message", data: "0123456789" },
   ]);
   assertEquals(core.state, "open");
+});
+
+// ---------------------------------------------------------------- options
+
+Deno.test("options: the defaults are the documented ones; an option given as undefined keeps its default", () => {
+  const documented = {
+    maxPayload: 16 * MiB,
+    maxFragments: 1024 * 1024,
+    maxHeaderSize: 16 * KiB,
+    maxHeaders: 100,
+    handshakeTimeout: 10_000,
+    closeTimeout: 5_000,
+    maxBackpressure: 16 * MiB,
+    backpressurePolicy: "close",
+    pingInterval: 30_000,
+    idleTimeout: 60_000,
+    compression: undefined,
+  };
+  assertEquals(resolveOptions({}), documented);
+  const undefinedEach = Object.fromEntries(Object.keys(documented).map((name) => [name, undefined]));
+  assertEquals(resolveOptions(undefinedEach), documented);
+  assertEquals(resolveOptions({ maxPayload: 10, pingInterval: 0 }), { ...documented, maxPayload: 10, pingInterval: 0 });
+  // And in force: a head of 16 KiB + 1 is 431 with the defaults, whatever was passed as undefined.
+  const core = makeCore({ maxHeaderSize: undefined });
+  core.receiveData(utf8(paddedHead(16 * KiB + 1)), 0);
+  assertEquals(httpAnswer(drain(core)).status, 431);
+});
+
+Deno.test("a message or ping during the handshake is refused: the 101 is the first thing written", () => {
+  const core = makeCore();
+  core.receiveData(utf8(handshake()), 0);
+  assertEquals(core.takeEvents().map((event) => event.type), ["upgrade"]);
+  assertEquals([core.send(encodeMessage("early")), core.ping(utf8("early"))], [false, false]);
+  assertEquals(core.outbox.pending, false);
+  core.accept(ACCEPT, "", 0);
+  const written = drain(core);
+  const answer = httpAnswer(written);
+  assertEquals([answer.status, answer.length], [101, written.length]);
+});
+
+// ---------------------------------------------------------------- maxHeaderSize under the read buffer
+
+Deno.test("maxHeaderSize under 1 KiB: a head of exactly the limit in one read passes, one byte more is 431", () => {
+  // The read buffer starts at 1 KiB: a whole head over a smaller limit arrives in one read.
+  for (const [length, status] of [[300, 101], [301, 431], [304, 431], [305, 431]]) {
+    const core = makeCore({ maxHeaderSize: 300 });
+    core.receiveData(utf8(paddedHead(length)), 0);
+    for (const event of core.takeEvents()) if (event.type === "upgrade") core.accept(ACCEPT, "", 0);
+    assertEquals(httpAnswer(drain(core)).status, status, `a head of ${length} bytes`);
+  }
 });
 
 // ---------------------------------------------------------------- large frames
@@ -713,6 +815,62 @@ Deno.test("a large binary frame is read into its own buffer, unmasked as it arri
   assertEquals(events.length, 1);
   assertStrictEquals(binaryMessage(events[0]).buffer, buffer);
   assertSameBytes(binaryMessage(events[0]), payload);
+});
+
+Deno.test("the read buffer grows while reads fill it, up to 64 KiB, and is 1 KiB again once reads are small", () => {
+  const core = openCore();
+  assertEquals(core.readTarget().length, KiB);
+  const burst = concat(
+    ...Array.from({ length: 4000 }, (_, i) => clientFrame(Opcode.Binary, new Uint8Array(94).fill(i))),
+  );
+  let largest = 0;
+  for (let offset = 0; offset < burst.length;) {
+    const target = core.readTarget();
+    largest = Math.max(largest, target.length);
+    const count = Math.min(target.length, burst.length - offset);
+    target.set(burst.subarray(offset, offset + count));
+    core.receive(count, 0);
+    offset += count;
+  }
+  assertEquals(takeAll(core).length, 4000);
+  assert(largest > 32 * KiB && largest <= 64 * KiB, `the read buffer took reads of at most ${largest} bytes`);
+  assertEquals(feed(core, [clientFrame(Opcode.Text, "small")]), [{ type: "message", data: "small" }]);
+  assertEquals(core.readTarget().length, KiB);
+});
+
+/** An open Core that has received the header of a large frame and none of its payload. */
+function largeFrameStarted(opcode: Opcode, length: number): Core {
+  const core = openCore();
+  core.receiveData(clientHeader(opcode, length), 0);
+  assertEquals(core.readTarget().length, length);
+  return core;
+}
+
+Deno.test("large text frames read at once on two connections do not share a payload buffer", () => {
+  // A large text finished first: its buffer becomes the spare one, for the next large text.
+  feed(openCore(), [clientFrame(Opcode.Text, "s".repeat(8 * KiB))]);
+  const [a, b] = [largeFrameStarted(Opcode.Text, 4 * KiB), largeFrameStarted(Opcode.Text, 4 * KiB)];
+  // Both reads complete before either is handled, as two connections' reads can.
+  const [targetA, targetB] = [a.readTarget(), b.readTarget()];
+  targetA.set(maskedPayload(utf8("a".repeat(4 * KiB))));
+  targetB.set(maskedPayload(utf8("b".repeat(4 * KiB))));
+  a.receive(4 * KiB, 0);
+  b.receive(4 * KiB, 0);
+  assertEquals(a.takeEvents(), [{ type: "message", data: "a".repeat(4 * KiB) }]);
+  assertEquals(b.takeEvents(), [{ type: "message", data: "b".repeat(4 * KiB) }]);
+});
+
+Deno.test("a large binary message handed to the user is not reused for the next large text", () => {
+  // Take the spare buffer, if any, so that the binary's buffer would be the next one.
+  const holder = largeFrameStarted(Opcode.Text, 1100);
+  const payload = new Uint8Array(2 * MiB).map((_, i) => i * 31);
+  const events = feed(openCore(), [concat(clientHeader(Opcode.Binary, payload.length), maskedPayload(payload))]);
+  const binary = binaryMessage(events[0]);
+  assertSameBytes(binary, payload);
+  const text = "t".repeat(MiB);
+  assertEquals(feed(openCore(), [clientFrame(Opcode.Text, text)]), [{ type: "message", data: text }]);
+  assertSameBytes(binary, payload);
+  holder.release();
 });
 
 // ---------------------------------------------------------------- RFC 6455 8.1: UTF-8 as it arrives
@@ -911,6 +1069,74 @@ Deno.test("outbox: a broadcast frame encoded once is handed out as the very same
   }
 });
 
+Deno.test("outbox: a join fills to exactly 64 KiB and a header, a 64 KiB payload after a small frame included", () => {
+  const core = openCore();
+  // 4 + 10 + 65,536 bytes: the limit, to the byte.
+  assert(core.send(encodeMessage("xy")));
+  assert(core.send(encodeMessage(new Uint8Array(64 * KiB).fill(5))));
+  assert(core.send(encodeMessage("z")));
+  assertEquals(drainPieces(core).map((piece) => piece.length), [64 * KiB + 14, 3]);
+});
+
+Deno.test("outbox: a join buffer given back to the pool is not written again by the connection that gave it", () => {
+  // Runs over 4 KiB are joined in a buffer lent to the connection while it is busy.
+  const run = (fill: number) => Array.from({ length: 5 }, () => encodeMessage(new Uint8Array(1000).fill(fill)));
+  const [a, b] = [new Outbox(Infinity), new Outbox(Infinity)];
+  for (const frame of run(1)) a.push(frame);
+  const first = a.next()!;
+  a.written(first.length); // a is idle: its join buffer goes back to the pool
+  for (const frame of run(2)) b.push(frame);
+  const fromB = b.next()!; // b is writing from the pooled buffer
+  const expected = fromB.slice();
+  for (const frame of run(3)) a.push(frame);
+  const second = a.next()!;
+  assertEquals(second.length, 5020);
+  assertSameBytes(fromB, expected);
+  b.written(fromB.length);
+  a.written(second.length);
+});
+
+Deno.test("outbox: a large binary message counts header and payload against maxBackpressure", () => {
+  const outbox = new Outbox(5000);
+  assertEquals(outbox.push(encodeMessage("x".repeat(98))), "queued"); // 100 bytes
+  const large = encodeMessage(new Uint8Array(4897)); // 4 + 4,897: 5,001 bytes in all with the 100
+  assert(Array.isArray(large));
+  assertEquals(outbox.push(large), "over-limit");
+  assertEquals(outbox.bufferedAmount, 100);
+  assertEquals(outbox.push(encodeMessage(new Uint8Array(4896))), "queued"); // exactly 5,000
+  assertEquals(outbox.bufferedAmount, 5000);
+});
+
+Deno.test("outbox: nothing goes in after the last bytes; discard() empties the queue and bufferedAmount", () => {
+  const outbox = new Outbox(1000);
+  assertEquals(outbox.push(encodeMessage("before")), "queued");
+  outbox.pushLast(encodeFrame(Opcode.Close, encodeClosePayload(1000)));
+  assertEquals([outbox.closed, outbox.bufferedAmount], [true, 8 + 4]);
+  assertEquals(outbox.push(encodeMessage("after")), "closed");
+  assertEquals(outbox.pushControl(encodeFrame(Opcode.Ping, "after")), false);
+  outbox.pushPong(utf8("after"));
+  outbox.pushLast(encodeFrame(Opcode.Close, encodeClosePayload(1001)));
+  assertEquals([outbox.bufferedAmount, outbox.queuedFrames], [12, 2]);
+  const piece = outbox.next()!;
+  assertEquals(serverFrames(piece.slice()).map((frame) => frame.opcode), [Opcode.Text, Opcode.Close]);
+  outbox.discard(); // the connection went away with the piece unwritten
+  assertEquals([outbox.bufferedAmount, outbox.pending, outbox.next()], [0, false, undefined]);
+});
+
+Deno.test("RFC 6455 5.5.3: a pong replaced by a longer or shorter one keeps bufferedAmount exact", () => {
+  const core = openCore({ maxBackpressure: 110 });
+  for (let i = 0; i < 10; i++) core.receiveData(clientFrame(Opcode.Ping, pingData(i)), 0); // 10 x 11 bytes
+  assertEquals(core.outbox.bufferedAmount, 110);
+  core.receiveData(clientFrame(Opcode.Ping, new Uint8Array(100)), 0); // replaces the tenth with 102 bytes
+  assertEquals(core.outbox.bufferedAmount, 99 + 102);
+  core.receiveData(clientFrame(Opcode.Ping), 0); // and that one with 2 bytes
+  assertEquals(core.outbox.bufferedAmount, 99 + 2);
+  const pieces = drainPieces(core);
+  assertEquals(pieces.reduce((sum, piece) => sum + piece.length, 0), 101);
+  assertEquals(core.outbox.bufferedAmount, 0);
+  assertEquals(serverFrames(concat(...pieces)).at(-1)?.payload, new Uint8Array(0));
+});
+
 // ---------------------------------------------------------------- heartbeats, with a fake clock
 
 Deno.test("heartbeat: tick() says ping every pingInterval and idle after idleTimeout of silence", () => {
@@ -934,6 +1160,13 @@ Deno.test("heartbeat: the first ping is due pingInterval after the open, not at 
   // A shared timer ticks at its own phase: here 100 ms after this connection opened.
   assertEquals(core.tick(10_100), undefined);
   assertEquals(core.tick(11_100), "ping");
+});
+
+Deno.test("heartbeat: a beat that comes a little early still pings: timers drift, a ping is not put off a period", () => {
+  const core = openCore({ pingInterval: 1000, idleTimeout: 0 }); // opened at 0
+  assertEquals([499, 500].map((now) => core.tick(now)), [undefined, "ping"]);
+  // Beats 10 ms early, each: a ping every one of them.
+  assertEquals([999, 1490, 2480, 3470].map((now) => core.tick(now)), [undefined, "ping", "ping", "ping"]);
 });
 
 Deno.test("heartbeat: pings every pingInterval even when idleTimeout is shorter", () => {
@@ -977,6 +1210,23 @@ function declareLargeFrames(): { cores: Core[]; highest: number } {
   }
   return { cores, highest };
 }
+
+Deno.test("reserve: a large frame holds the room it has not received yet, and none once it is whole or gone", () => {
+  const start = reservedBytes();
+  const core = openCore();
+  core.receiveData(clientHeader(Opcode.Binary, MiB), 0);
+  assertEquals(reservedBytes() - start, MiB);
+  core.receiveData(maskedPayload(new Uint8Array(1000)), 0);
+  assertEquals(reservedBytes() - start, MiB - 1000);
+  core.receiveData(maskedPayload(new Uint8Array(MiB - 1000), 1000), 0);
+  assertEquals(core.takeEvents().length, 1);
+  assertEquals(reservedBytes(), start);
+  // A connection that ends inside a large frame gives its room back.
+  core.receiveData(concat(clientHeader(Opcode.Binary, MiB), maskedPayload(new Uint8Array(5000))), 0);
+  assertEquals(reservedBytes() - start, MiB - 5000);
+  core.release();
+  assertEquals(reservedBytes(), start);
+});
 
 Deno.test("reserve: 20 connections declaring 16 MiB frames and sending nothing reserve at most 64 MiB in all", () => {
   const start = reservedBytes();
@@ -1038,6 +1288,7 @@ Deno.test("RFC 6455 5.5.1: after our close frame nothing is sent, not even a pon
   assertEquals(core.send(encodeMessage("after")), false);
   assertEquals(core.ping(utf8("after")), false);
   core.close(1001, "twice");
+  assertEquals([core.closeCode, core.closeReason], [1000, "done"], "a second close() replaced the first");
   // The peer may still send data before its close (RFC 6455 7.1.2): delivered, but no pong.
   core.receiveData(concat(clientFrame(Opcode.Ping, "late"), clientFrame(Opcode.Text, "still")), 0);
   assertEquals(core.takeEvents(), [{ type: "ping", data: utf8("late") }, { type: "message", data: "still" }]);
@@ -1049,6 +1300,31 @@ Deno.test("RFC 6455 5.5.1: after our close frame nothing is sent, not even a pon
   assertEquals(frames.map(([opcode]) => opcode), [Opcode.Text, Opcode.Close]);
   assertEquals(decodeClosePayload(frames[1][1]), { code: 1000, reason: "done" });
   assertDeaf(core);
+});
+
+Deno.test("RFC 6455 5.5.1: a close read with messages waits until they are taken: their answers go before the echo", () => {
+  const bytes = concat(clientFrame(Opcode.Text, "one"), clientFrame(Opcode.Text, "two"), clientFrame(Opcode.Close));
+  for (const [how, pieces] of feedings(bytes)) {
+    const core = openCore();
+    const answered: CoreEvent[] = [];
+    for (const piece of pieces) {
+      core.receiveData(piece, 0);
+      for (let events = core.takeEvents(); events.length > 0; events = core.takeEvents()) {
+        for (const event of events) {
+          answered.push(event);
+          // The app answers each message as it is taken, as onMessage does.
+          if (event.type === "message") assert(core.send(encodeMessage(`re ${event.data}`)), how);
+        }
+      }
+    }
+    assertEquals(answered.map((event) => event.type), ["message", "message", "close"], how);
+    assertEquals(sent(core).map(([opcode, payload]) => [opcode, payload.length]), [
+      [Opcode.Text, 6],
+      [Opcode.Text, 6],
+      [Opcode.Close, 0],
+    ], how);
+    assertEquals(core.state, "closed", how);
+  }
 });
 
 Deno.test("RFC 6455 7.1.7: a violation after our close sends no second close frame", () => {
@@ -1075,6 +1351,15 @@ Deno.test("close() during the handshake drops the connection without an answer",
   assertEquals(core.outbox.next(), undefined);
 });
 
+Deno.test("close() while a client's request head is queued drops it: nothing is written", () => {
+  const core = new Core(resolveOptions({}), "client");
+  core.connect(utf8(handshake()), ACCEPT, []);
+  assert(core.outbox.pending);
+  core.close(1000, "");
+  assertEquals([core.state, core.outbox.pending, core.outbox.closed], ["closed", false, true]);
+  assertEquals(core.outbox.next(), undefined);
+});
+
 Deno.test("RFC 6455 7.1.7: an unexpected exception in the read path closes with 1011 and one error event", () => {
   // Fault 5 of issue 9: such an error dropped TCP without a close frame (the peer saw 1006).
   const core = openCore();
@@ -1090,6 +1375,22 @@ Deno.test("RFC 6455 7.1.7: an unexpected exception in the read path closes with 
     1011,
   ]]);
   assertDeaf(core);
+});
+
+Deno.test("RFC 6455 5.5: a failure whose message is over 123 bytes closes with it cut to 123 bytes, whole characters", () => {
+  // No error the frame rules raise today is that long; the one catch site must hold for any.
+  const core = openCore();
+  const message = "é".repeat(100); // 200 bytes: 123 would cut the 62nd character in two
+  core.outbox.pushPong = () => {
+    throw new ProtocolError(message, { closeCode: 1008 });
+  };
+  core.receiveData(clientFrame(Opcode.Ping, "boom"), 0);
+  assertEquals(core.takeEvents(), []);
+  assertEquals([core.state, core.closeCode, core.closeReason], ["closed", 1008, message]);
+  const frames = sent(core);
+  assertEquals(frames.length, 1);
+  assertEquals(frames[0][1].length, 2 + 122);
+  assertEquals(decodeClosePayload(frames[0][1]), { code: 1008, reason: "é".repeat(61) });
 });
 
 Deno.test("an unexpected exception while parsing the request head answers 500", () => {

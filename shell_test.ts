@@ -6,8 +6,18 @@
 import { assert, assertEquals } from "@std/assert";
 import { encodeClosePayload, encodeFrame, Opcode } from "./frame.ts";
 import { ProtocolError } from "./errors.ts";
-import type { HttpResponse } from "./protocol.ts";
-import { encoder, handshake, type MemoryEnd, Recorder, within, withMemoryClient } from "./test_util.ts";
+import { deflateStats } from "./_deflate.ts";
+import { type HttpResponse, Protocol, type ProtocolOptions } from "./protocol.ts";
+import {
+  encoder,
+  handshake,
+  type MemoryEnd,
+  memoryPair,
+  RawClient,
+  Recorder,
+  within,
+  withMemoryClient,
+} from "./test_util.ts";
 
 const pattern = (size: number, seed = 0) => new Uint8Array(size).map((_, i) => (i * 31 + seed) & 255);
 
@@ -439,5 +449,98 @@ Deno.test("shell: a handshake accepted after the connection was dropped (timeout
       }
       assertEquals(logged.map((args) => args.join(" ")), []);
     });
+  }
+});
+
+// ---------------------------------------------------------------- broadcast
+
+/** A Recorder served over a memory connection whose raw client has completed the handshake. */
+async function openOverMemory(users: Map<string, Protocol>, options: ProtocolOptions, headers = {}) {
+  const [server, peer] = memoryPair();
+  const handler = new Recorder(users, { pingInterval: 0, idleTimeout: 0, closeTimeout: 1000, ...options });
+  const served = handler.serve(server);
+  const client = RawClient.over(peer);
+  await client.write(handshake(headers));
+  assertEquals((await client.readAnswer()).status, 101);
+  return { handler, client, served };
+}
+
+Deno.test("shell: broadcast skips a recipient that has ended, without encoding for it (its compressor is gone)", async () => {
+  const users = new Map<string, Protocol>();
+  // With context takeover each connection compresses its own copy.
+  const options = { compression: { mode: "context-takeover" as const } };
+  const offer = { "Sec-WebSocket-Extensions": "permessage-deflate" };
+  const [gone, open] = [await openOverMemory(users, options, offer), await openOverMemory(users, options, offer)];
+  await gone.client.sendClose(1000);
+  assertEquals((await gone.client.readUntilClose()).code, 1000);
+  gone.client.close();
+  await within(gone.handler.disconnected.promise);
+  await within(gone.served);
+  assertEquals(gone.handler.state, "closed");
+  const before = deflateStats.compressed;
+  assertEquals(Protocol.broadcast([gone.handler, open.handler], "x".repeat(1000)), 1);
+  assertEquals(deflateStats.compressed - before, 1, "compressed for the recipient that has ended");
+  open.client.close();
+  await within(open.served);
+});
+
+// ---------------------------------------------------------------- heartbeat groups
+
+Deno.test("shell: once its connections have ended, a heartbeat group leaves no timer: the process exits", async () => {
+  // The op sanitizer does not see intervals; a child process that cannot exit does.
+  const script = `
+    import { handshake, memoryPair, RawClient, Recorder } from ${JSON.stringify(import.meta.resolve("./test_util.ts"))};
+    const [server, peer] = memoryPair();
+    const handler = new Recorder(new Map(), { pingInterval: 100, idleTimeout: 1000, closeTimeout: 100 });
+    const served = handler.serve(server);
+    const client = RawClient.over(peer);
+    await client.write(handshake());
+    await client.readAnswer();
+    await client.sendClose(1000);
+    await client.readUntilClose();
+    client.close();
+    await served;
+    console.log("ended");`;
+  const path = await Deno.makeTempFile({ suffix: ".ts" });
+  try {
+    await Deno.writeTextFile(path, script);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-check", "--config", new URL("./deno.json", import.meta.url).pathname, path],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(15_000),
+    });
+    const { code, stdout, stderr } = await child.output();
+    const out = new TextDecoder().decode(stdout).trim();
+    assertEquals([code, out], [0, "ended"], new TextDecoder().decode(stderr));
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("shell: a write that fails cuts the connection off at once: the send resolves false while the peer is still there", async () => {
+  const [server, peer] = memoryPair();
+  let writes = 0;
+  // The 101 answer goes out; the next write fails as on a reset socket, while reads stay pending.
+  const failing = {
+    read: (into: Uint8Array) => server.read(into),
+    write: (bytes: Uint8Array) =>
+      ++writes === 1 ? server.write(bytes) : Promise.reject(new Deno.errors.ConnectionReset("reset by peer")),
+    closeWrite: () => server.closeWrite(),
+    close: () => server.close(),
+  };
+  const handler = new Recorder(new Map(), { pingInterval: 0, idleTimeout: 0, closeTimeout: 1000 });
+  const served = handler.serve(failing);
+  const client = RawClient.over(peer);
+  try {
+    await client.write(handshake());
+    assertEquals((await client.readAnswer()).status, 101);
+    await within(handler.connected.promise);
+    assertEquals(await within(handler.sendMessage("lost"), 2000, "the send to resolve"), false);
+    await within(handler.disconnected.promise, 2000);
+    assertEquals([handler.state, handler.closeCode, server.closed], ["closed", 1006, true]);
+  } finally {
+    client.close();
+    await within(served);
   }
 });
