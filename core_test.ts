@@ -3,7 +3,7 @@
 // decoded as a client would read it.
 import { assert, assertEquals, assertStrictEquals } from "@std/assert";
 import { Core, type CoreEvent, reservedBytes, resolveOptions } from "./_core.ts";
-import { encodeMessage } from "./_outbox.ts";
+import { encodeMessage, textPoolSize } from "./_outbox.ts";
 import { ProtocolError } from "./errors.ts";
 import { decodeClosePayload, encodeClosePayload, encodeFrame, encodeHeader, Frame, Opcode } from "./frame.ts";
 import type { ProtocolOptions } from "./protocol.ts";
@@ -908,6 +908,43 @@ Deno.test("outbox: a broadcast frame encoded once is handed out as the very same
       }
       assertEquals([first.outbox.next(), second.outbox.next()], [undefined, undefined]);
     });
+  }
+});
+
+Deno.test("outbox: a long text's pooled buffer is reused only once every queue holding it has written it", () => {
+  const text = "p".repeat(100 * KiB);
+  const frame = encodeMessage(text) as Uint8Array;
+  assertEquals(frame, encodeFrame(Opcode.Text, text));
+  const [first, second] = [openCore(), openCore()];
+  assert(first.send(frame) && second.send(frame));
+  const before = textPoolSize();
+  const piece = first.outbox.next()!;
+  first.outbox.written(piece.length);
+  // The second queue still holds it: a new text gets another buffer, and this one's bytes stay.
+  const other = encodeMessage("q".repeat(100 * KiB)) as Uint8Array;
+  assert(other.buffer !== frame.buffer);
+  assertEquals(second.outbox.next(), encodeFrame(Opcode.Text, text));
+  second.outbox.written(frame.length);
+  assertEquals(textPoolSize(), before + frame.buffer.byteLength);
+  const again = encodeMessage("r".repeat(100 * KiB)) as Uint8Array;
+  assertStrictEquals(again.buffer, frame.buffer);
+  assertEquals(again, encodeFrame(Opcode.Text, "r".repeat(100 * KiB)));
+  // A queue that is dropped gives back what it had not handed out; a frame no queue took is garbage.
+  const dropped = openCore();
+  assert(dropped.send(again));
+  dropped.outbox.discard();
+  assertEquals(textPoolSize(), before + frame.buffer.byteLength);
+});
+
+Deno.test("outbox: long texts of one, two, three and four bytes a character encode as TextEncoder does", () => {
+  // From 4,096 characters (pooled) over the 64 KiB header boundary; the first pass
+  // assumes one byte a character, so wider text goes to a second buffer.
+  for (const unit of ["a", "é", "€", "😀", "a€"]) {
+    for (const count of [4096, 5000, 16 * KiB, 40 * KiB]) {
+      const text = unit.repeat(Math.ceil(count / unit.length)).slice(0, count - (unit === "😀" ? count % 2 : 0));
+      const frame = encodeMessage(text);
+      assertEquals(frame, encodeFrame(Opcode.Text, utf8(text)), `${count} × ${unit}`);
+    }
   }
 });
 
