@@ -232,7 +232,12 @@ export class Protocol {
   #core: Core;
   #conn: Connection | undefined;
   #connClosed = false;
-  #writing: Promise<void> | undefined;
+  // The writer: whether it runs, the piece it writes and how much of it is written, and
+  // what #finish waits on for it to end.
+  #writing = false;
+  #piece: Uint8Array = EMPTY;
+  #pieceWritten = 0;
+  #drained: PromiseWithResolvers<void> | undefined;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   // The request head as received; parsed again if asked for after the handshake,
   // which idle connections do not pay for.
@@ -395,16 +400,19 @@ export class Protocol {
    * @returns How many recipients queued the message.
    */
   static broadcast(recipients: Iterable<Protocol>, msg: string | Uint8Array): number {
-    const frames = new Map<string, DataFrame>();
+    // The frame of the uncompressed ("" key), most recipients, kept aside: no map for them.
+    let plain: DataFrame | undefined;
+    let frames: Map<string, DataFrame> | undefined;
     let count = 0;
     for (const recipient of recipients) {
       const core = recipient.#core;
       if (core.state !== "open") continue;
       const key = core.shareKey(msg);
-      let frame = key === undefined ? undefined : frames.get(key);
+      let frame = key === "" ? plain : key === undefined ? undefined : frames?.get(key);
       if (frame === undefined) {
         frame = core.encode(msg);
-        if (key !== undefined) frames.set(key, frame);
+        if (key === "") plain = frame;
+        else if (key !== undefined) (frames ??= new Map()).set(key, frame);
       }
       if (core.send(frame)) count++;
       recipient.#sync();
@@ -839,32 +847,66 @@ export class Protocol {
     if (this.#core.state === "closing" && this.#closeTimer === undefined) {
       this.#closeTimer = setTimeout(() => this.#abort(), this.#core.options.closeTimeout);
     }
-    if (this.#writing === undefined && this.#conn !== undefined && this.#core.outbox.pending) {
-      this.#writing = this.#write();
+    if (!this.#writing && this.#conn !== undefined && this.#core.outbox.pending) {
+      this.#writing = true;
+      if (Protocol.#toWrite.push(this) === 1) queueMicrotask(Protocol.#startWriters);
     }
   }
 
-  // Writes what the outbox hands out, each piece whole: Deno.Conn.write may write fewer bytes than given.
-  async #write(): Promise<void> {
-    // Write once the current task is done: frames sent together go in one write.
-    await undefined;
-    const outbox = this.#core.outbox;
+  // Writers start once the current task is done, so that frames sent together go in one
+  // write; all of them in one microtask, so that a broadcast to N connections does not
+  // cost N suspended async functions (at 5,000 receivers they outlived young-generation
+  // collections: 18% of the server's time in GC against 10% at 1,000).
+  static #toWrite: Protocol[] = [];
+  static #startWriters(): void {
+    const writers = Protocol.#toWrite;
+    Protocol.#toWrite = [];
+    for (const writer of writers) writer.#writeNext();
+  }
+
+  // Writes the next piece the outbox hands out, whole (Deno.Conn.write may write fewer
+  // bytes than given), then the next, until none is left; callbacks, not an async
+  // function, so that each write costs the op's promise and no more.
+  #writeNext(): void {
+    const bytes = this.#connClosed ? undefined : this.#core.outbox.next();
+    if (bytes === undefined) return this.#writerDone();
+    // Frames sent from now on are not in these bytes: they get a promise of their own.
+    const last = this.#waiters.at(-1);
+    if (last !== undefined) last.sealed = true;
+    this.#piece = bytes;
+    this.#pieceWritten = 0;
+    this.#writePiece();
+  }
+
+  #writePiece(): void {
     try {
-      for (let bytes = outbox.next(); bytes !== undefined && !this.#connClosed; bytes = outbox.next()) {
-        // Frames sent from now on are not in these bytes: they get a promise of their own.
-        const last = this.#waiters.at(-1);
-        if (last !== undefined) last.sealed = true;
-        let offset = await this.#conn!.write(bytes);
-        while (offset < bytes.length) offset += await this.#conn!.write(bytes.subarray(offset));
-        outbox.written(bytes.length);
-        this.#settle(false);
-      }
+      const bytes = this.#pieceWritten === 0 ? this.#piece : this.#piece.subarray(this.#pieceWritten);
+      this.#conn!.write(bytes).then(this.#onWritten, this.#onWriteFailed);
     } catch {
-      this.#abort();
-    } finally {
-      this.#writing = undefined;
-      if (this.#connClosed) this.#settle(true);
+      this.#onWriteFailed();
     }
+  }
+
+  readonly #onWritten = (count: number): void => {
+    this.#pieceWritten += count;
+    if (this.#pieceWritten < this.#piece.length) return this.#writePiece();
+    this.#core.outbox.written(this.#piece.length);
+    this.#piece = EMPTY;
+    this.#settle(false);
+    this.#writeNext();
+  };
+
+  readonly #onWriteFailed = (): void => {
+    this.#abort();
+    this.#writerDone();
+  };
+
+  #writerDone(): void {
+    this.#writing = false;
+    this.#piece = EMPTY;
+    if (this.#connClosed) this.#settle(true);
+    this.#drained?.resolve();
+    this.#drained = undefined;
   }
 
   // --- Closing ---
@@ -878,7 +920,7 @@ export class Protocol {
     const linger = setTimeout(() => this.#abort(), this.#core.options.closeTimeout);
     try {
       this.#sync();
-      while (this.#writing !== undefined) await this.#writing;
+      while (this.#writing) await (this.#drained ??= Promise.withResolvers()).promise;
       // RFC 6455 7.1.1: the server closes TCP first. Half-close, then wait for the
       // peer's FIN, so unread bytes do not turn our close into a reset. A client waits
       // for the server's FIN.
@@ -945,6 +987,8 @@ class Deadlines {
     }
   }
 }
+
+const EMPTY = new Uint8Array(0);
 
 interface Waiter {
   frames: number;
