@@ -48,18 +48,12 @@ profile.samples.forEach((id, i) => {
 const idle = byFunction.get("(idle)") ?? 0;
 // Shares of all samples and of those not idle.
 function line(time: number, what: string): string {
-  const busy = what === "(idle)"
-    ? ""
-    : `${(time / (total - idle) * 100).toFixed(1)}%`;
+  const busy = what === "(idle)" ? "" : `${(time / (total - idle) * 100).toFixed(1)}%`;
   const all = `${(time / total * 100).toFixed(1)}%`;
-  return `${all.padStart(6)} ${busy.padStart(7)} ${
-    (time / 1000).toFixed(0).padStart(7)
-  } ms  ${what}`;
+  return `${all.padStart(6)} ${busy.padStart(7)} ${(time / 1000).toFixed(0).padStart(7)} ms  ${what}`;
 }
 console.log(
-  `${(total / 1000).toFixed(0)} ms sampled, ${
-    ((total - idle) / 1000).toFixed(0)
-  } ms not idle`,
+  `${(total / 1000).toFixed(0)} ms sampled, ${((total - idle) / 1000).toFixed(0)} ms not idle`,
 );
 console.log("   all    busy      self  function");
 for (

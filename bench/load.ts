@@ -79,12 +79,7 @@ interface Scenario {
   quick: boolean; // part of --quick
 }
 
-const sizeLabel = (size: number) =>
-  size >= MiB
-    ? `${size / MiB} MiB`
-    : size >= KiB
-    ? `${size / KiB} KiB`
-    : `${size} B`;
+const sizeLabel = (size: number) => size >= MiB ? `${size / MiB} MiB` : size >= KiB ? `${size / KiB} KiB` : `${size} B`;
 
 // The echo matrix; what is in flight at once stays within 256 MiB (256 x 1 MiB x 4 is left out).
 const QUICK_ECHO = new Set([
@@ -104,9 +99,7 @@ for (const conns of [1, 32, 256]) {
         if (conns * size * window > 256 * MiB) continue;
         const type = text ? "text" : "binary";
         SCENARIOS.push({
-          name: `echo ${conns} conn × ${
-            sizeLabel(size)
-          } ${type} × ${window} in flight`,
+          name: `echo ${conns} conn × ${sizeLabel(size)} ${type} × ${window} in flight`,
           kind: "echo",
           conns,
           size,
@@ -148,9 +141,7 @@ SCENARIOS.push({
 function chosenScenarios(): Scenario[] {
   if (flags.scenario) {
     const texts: string[] = flags.scenario.split(",");
-    return SCENARIOS.filter((scenario) =>
-      texts.some((text) => scenario.name.includes(text))
-    );
+    return SCENARIOS.filter((scenario) => texts.some((text) => scenario.name.includes(text)));
   }
   return QUICK ? SCENARIOS.filter((scenario) => scenario.quick) : SCENARIOS;
 }
@@ -166,9 +157,7 @@ const cpuTicks = (pid: number) => {
 // Ticks core 0 spent on processes and interrupts (including stolen by the hypervisor), and
 // in softirqs, where the kernel does much of loopback TCP for whoever sent.
 const core0Ticks = (): [number, number] => {
-  const line = Deno.readTextFileSync("/proc/stat").split("\n").find((line) =>
-    line.startsWith("cpu0 ")
-  )!;
+  const line = Deno.readTextFileSync("/proc/stat").split("\n").find((line) => line.startsWith("cpu0 "))!;
   const [user, nice, system, _idle, _iowait, irq, softirq, steal] = line.split(
     /\s+/,
   ).slice(1).map(Number);
@@ -181,8 +170,7 @@ function fileLimits(): [number, number] {
     line,
   ) => line.startsWith("Max open files"))!;
   const [soft, hard] = line.slice("Max open files".length).trim().split(/\s+/);
-  const value = (text: string) =>
-    text === "unlimited" ? Infinity : Number(text);
+  const value = (text: string) => text === "unlimited" ? Infinity : Number(text);
   return [value(soft), value(hard)];
 }
 
@@ -378,17 +366,13 @@ async function buildLoadgen(): Promise<void> {
     }
     if (!output.success) {
       throw new Error(
-        `${cc} could not build bench/loadgen.c:\n${
-          new TextDecoder().decode(output.stderr)
-        }`,
+        `${cc} could not build bench/loadgen.c:\n${new TextDecoder().decode(output.stderr)}`,
       );
     }
     return;
   }
   throw new Error(
-    `bench:load needs a C compiler for bench/loadgen.c: none of ${
-      compilers.join(", ")
-    } found`,
+    `bench:load needs a C compiler for bench/loadgen.c: none of ${compilers.join(", ")} found`,
   );
 }
 
@@ -449,9 +433,7 @@ class Loadgen {
         const { value, done } = await this.#lines.read();
         if (done) {
           throw new Error(
-            `the load generator exited (status ${
-              (await this.child.status).code
-            })`,
+            `the load generator exited (status ${(await this.child.status).code})`,
           );
         }
         this.#buffered += value;
@@ -504,9 +486,7 @@ function figures(
   const serverCpu = serverTicks / CLK_TCK;
   return {
     rate: count / report.wall_s,
-    mbPerSec: scenario.kind === "echo"
-      ? count * scenario.size / report.wall_s / 1e6
-      : undefined,
+    mbPerSec: scenario.kind === "echo" ? count * scenario.size / report.wall_s / 1e6 : undefined,
     p50: report.p50_ms ?? undefined,
     p99: report.p99_ms ?? undefined,
     perCpuSecond: count / Math.max(serverCpu, 1 / CLK_TCK),
@@ -561,9 +541,7 @@ async function runScenario(
   const fail = (server: Server, error: unknown) => {
     failed.add(server.name);
     console.error(
-      `  ${server.name}: ${scenario.name} failed: ${
-        error instanceof Error ? error.message : error
-      }`,
+      `  ${server.name}: ${scenario.name} failed: ${error instanceof Error ? error.message : error}`,
     );
   };
   if (scenario.kind === "connect") {
@@ -629,8 +607,7 @@ async function runScenario(
   return runs;
 }
 
-const rotated = <T>(items: T[], by: number): T[] =>
-  items.map((_, i) => items[(i + by) % items.length]);
+const rotated = <T>(items: T[], by: number): T[] => items.map((_, i) => items[(i + by) % items.length]);
 
 // ---------------------------------------------------------------- statistics
 
@@ -641,14 +618,10 @@ interface Spread {
 }
 
 function spread(values: number[]): Spread | undefined {
-  const sorted = values.filter((value) => Number.isFinite(value)).sort((a, b) =>
-    a - b
-  );
+  const sorted = values.filter((value) => Number.isFinite(value)).sort((a, b) => a - b);
   if (sorted.length === 0) return undefined;
   const middle = sorted.length >> 1;
-  const median = sorted.length % 2
-    ? sorted[middle]
-    : (sorted[middle - 1] + sorted[middle]) / 2;
+  const median = sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
   return { median, min: sorted[0], max: sorted[sorted.length - 1] };
 }
 
@@ -662,9 +635,7 @@ function summarize(runs: Run[]): Summary {
     ) => [
       key,
       spread(
-        runs.map((run) => run[key]).filter((value) =>
-          value !== undefined
-        ) as number[],
+        runs.map((run) => run[key]).filter((value) => value !== undefined) as number[],
       ),
     ]),
   );
@@ -707,11 +678,7 @@ function format(value: number | undefined, digits = 0): string {
 }
 
 const times = (value: Spread | undefined) =>
-  value
-    ? `${value.median.toFixed(2)}× (${value.min.toFixed(2)}-${
-      value.max.toFixed(2)
-    })`
-    : "–";
+  value ? `${value.median.toFixed(2)}× (${value.min.toFixed(2)}-${value.max.toFixed(2)})` : "–";
 
 interface Result {
   scenario: Scenario;
@@ -736,44 +703,26 @@ function table(results: Result[]): string {
   ];
   const rows = results.map(({ scenario, summaries, ratios }) => {
     const each = (pick: (summary: Summary) => string) =>
-      SERVERS.map((name) =>
-        summaries.get(name) ? pick(summaries.get(name)!) : "–"
-      ).join(" / ");
+      SERVERS.map((name) => summaries.get(name) ? pick(summaries.get(name)!) : "–").join(" / ");
     return [
       scenario.name,
       each((s) => format(s.rate?.median)),
       scenario.kind === "echo" ? each((s) => format(s.mbPerSec?.median)) : "–",
-      scenario.kind === "connect"
-        ? "–"
-        : each((s) =>
-          `${format(s.p50?.median, 2)}/${format(s.p99?.median, 2)}`
-        ),
-      each((s) =>
-        s.perCpuSecond ? format(1e6 / s.perCpuSecond.median, 2) : "–"
-      ),
+      scenario.kind === "connect" ? "–" : each((s) => `${format(s.p50?.median, 2)}/${format(s.p99?.median, 2)}`),
+      each((s) => s.perCpuSecond ? format(1e6 / s.perCpuSecond.median, 2) : "–"),
       ...others.map((name) => times(ratios.get(name)?.perCpuSecond)),
       ...others.map((name) => times(ratios.get(name)?.rate)),
-      ...others.map((name) =>
-        scenario.kind === "connect" ? "–" : times(ratios.get(name)?.p99)
-      ),
+      ...others.map((name) => scenario.kind === "connect" ? "–" : times(ratios.get(name)?.p99)),
       each((s) => format(s.loadCpu?.median)),
-      `${
-        format(Math.max(...SERVERS.map((name) =>
-          summaries.get(name)?.core0Other?.median ?? 0
-        )))
-      } / ` +
+      `${format(Math.max(...SERVERS.map((name) => summaries.get(name)?.core0Other?.median ?? 0)))} / ` +
       format(
         Math.max(
-          ...SERVERS.map((name) =>
-            summaries.get(name)?.core0Softirq?.median ?? 0
-          ),
+          ...SERVERS.map((name) => summaries.get(name)?.core0Softirq?.median ?? 0),
         ),
       ),
     ];
   });
-  return [header, header.map(() => "---"), ...rows].map((row) =>
-    `| ${row.join(" | ")} |`
-  ).join("\n");
+  return [header, header.map(() => "---"), ...rows].map((row) => `| ${row.join(" | ")} |`).join("\n");
 }
 
 // Where ours misses the issue's targets: per CPU-second under 1.0x Deno or 0.8x uWS, and for
@@ -801,9 +750,7 @@ function shortfalls(results: Result[]): string[] {
     const ours = kept.get("ours"), deno = kept.get("deno");
     if (ours !== undefined && deno !== undefined && ours < deno) {
       lines.push(
-        `fanout 1000 → 5000 receivers × ${window} in flight: ours keeps ${
-          ours.toFixed(2)
-        }× of its ` +
+        `fanout 1000 → 5000 receivers × ${window} in flight: ours keeps ${ours.toFixed(2)}× of its ` +
           `deliveries per CPU-s, Deno ${deno.toFixed(2)}×`,
       );
     }
@@ -836,8 +783,7 @@ function fanoutScaling(
 
 // ---------------------------------------------------------------- the chart
 
-const escapeXml = (text: string) =>
-  text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const escapeXml = (text: string) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 // Horizontal bars of ours / reference in messages per server CPU-second, one group per
 // scenario, on a log scale from 1.0 (the line), whiskers from the lowest to the highest run.
@@ -859,38 +805,27 @@ function chart(
   );
   const lo = Math.min(-2, Math.floor(Math.log2(Math.min(...values, 1)))); // at least 0.25 to 4
   const hi = Math.max(2, Math.ceil(Math.log2(Math.max(...values, 1))));
-  const x = (ratio: number) =>
-    label + (Math.log2(ratio) - lo) / (hi - lo) * plot;
+  const x = (ratio: number) => label + (Math.log2(ratio) - lo) / (hi - lo) * plot;
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
     `font-family="sans-serif" font-size="12">`,
     `<rect width="${width}" height="${height}" fill="#fff"/>`,
     `<text x="10" y="22" font-size="15" font-weight="bold">Messages per server CPU-second: this module ÷ reference (over 1 favours this module)</text>`,
-    ...subtitle.map((line, i) =>
-      `<text x="10" y="${40 + 15 * i}" fill="#555">${escapeXml(line)}</text>`
-    ),
+    ...subtitle.map((line, i) => `<text x="10" y="${40 + 15 * i}" fill="#555">${escapeXml(line)}</text>`),
   ];
   references.forEach((name, i) => {
     out.push(
-      `<rect x="${10 + i * 170}" y="68" width="12" height="12" fill="${
-        colors[i % colors.length]
-      }"/>`,
-      `<text x="${28 + i * 170}" y="78">ours / ${
-        escapeXml(TITLES[name])
-      }</text>`,
+      `<rect x="${10 + i * 170}" y="68" width="12" height="12" fill="${colors[i % colors.length]}"/>`,
+      `<text x="${28 + i * 170}" y="78">ours / ${escapeXml(TITLES[name])}</text>`,
     );
   });
   out.push(
-    `<text x="${
-      10 + references.length * 170
-    }" y="78" fill="#555">whiskers: lowest and highest run; log scale</text>`,
+    `<text x="${10 + references.length * 170}" y="78" fill="#555">whiskers: lowest and highest run; log scale</text>`,
   );
   for (let power = lo; power <= hi; power++) {
     const ratio = 2 ** power, at = x(ratio).toFixed(1);
     out.push(
-      `<line x1="${at}" y1="${top - 6}" x2="${at}" y2="${
-        height - 34
-      }" stroke="${power === 0 ? "#000" : "#ddd"}"` +
+      `<line x1="${at}" y1="${top - 6}" x2="${at}" y2="${height - 34}" stroke="${power === 0 ? "#000" : "#ddd"}"` +
         `${power === 0 ? ' stroke-width="1.5"' : ""}/>`,
       `<text x="${at}" y="${height - 20}" text-anchor="middle" fill="#555">${
         ratio >= 1 ? ratio : ratio.toFixed(3).replace(/0+$/, "")
@@ -899,19 +834,13 @@ function chart(
   }
   const at08 = x(0.8).toFixed(1);
   out.push(
-    `<line x1="${at08}" y1="${top - 6}" x2="${at08}" y2="${
-      height - 34
-    }" stroke="#e07b00" stroke-dasharray="4 3"/>`,
-    `<text x="${at08}" y="${
-      top - 10
-    }" text-anchor="end" fill="#e07b00" font-size="10">0.8× uWS target</text>`,
+    `<line x1="${at08}" y1="${top - 6}" x2="${at08}" y2="${height - 34}" stroke="#e07b00" stroke-dasharray="4 3"/>`,
+    `<text x="${at08}" y="${top - 10}" text-anchor="end" fill="#e07b00" font-size="10">0.8× uWS target</text>`,
   );
   results.forEach(({ scenario, ratios }, row) => {
     const y0 = top + row * group;
     out.push(
-      `<text x="${label - 8}" y="${
-        (y0 + references.length * bar / 2 + 4).toFixed(1)
-      }" text-anchor="end">` +
+      `<text x="${label - 8}" y="${(y0 + references.length * bar / 2 + 4).toFixed(1)}" text-anchor="end">` +
         `${escapeXml(scenario.name)}</text>`,
     );
     references.forEach((name, i) => {
@@ -919,25 +848,19 @@ function chart(
       const y = y0 + i * bar;
       if (!r) {
         out.push(
-          `<text x="${x(1) + 4}" y="${
-            y + bar - 2
-          }" font-size="10" fill="#999">no result</text>`,
+          `<text x="${x(1) + 4}" y="${y + bar - 2}" font-size="10" fill="#999">no result</text>`,
         );
         return;
       }
       const a = x(Math.min(1, r.median)), b = x(Math.max(1, r.median));
       const mid = (y + (bar - 2) / 2).toFixed(1);
       out.push(
-        `<rect x="${a.toFixed(1)}" y="${y}" width="${
-          Math.max(1, b - a).toFixed(1)
-        }" height="${bar - 2}" ` +
+        `<rect x="${a.toFixed(1)}" y="${y}" width="${Math.max(1, b - a).toFixed(1)}" height="${bar - 2}" ` +
           `fill="${colors[i % colors.length]}"/>`,
-        `<line x1="${x(r.min).toFixed(1)}" y1="${mid}" x2="${
-          x(r.max).toFixed(1)
-        }" y2="${mid}" stroke="#222"/>`,
-        `<text x="${(Math.max(b, x(r.max)) + 4).toFixed(1)}" y="${
-          y + bar - 2
-        }" font-size="10">${r.median.toFixed(2)}×</text>`,
+        `<line x1="${x(r.min).toFixed(1)}" y1="${mid}" x2="${x(r.max).toFixed(1)}" y2="${mid}" stroke="#222"/>`,
+        `<text x="${(Math.max(b, x(r.max)) + 4).toFixed(1)}" y="${y + bar - 2}" font-size="10">${
+          r.median.toFixed(2)
+        }×</text>`,
       );
     });
   });
@@ -957,14 +880,10 @@ async function installNodePackages(): Promise<void> {
       return false;
     }
   };
-  const missing = SERVERS.filter((name) =>
-    NODE_PACKAGES[name] && !installed(name)
-  );
+  const missing = SERVERS.filter((name) => NODE_PACKAGES[name] && !installed(name));
   if (missing.length === 0) return;
   console.error(
-    `installing ${
-      missing.map((name) => NODE_PACKAGES[name]).join(", ")
-    } (npm ci in bench/)`,
+    `installing ${missing.map((name) => NODE_PACKAGES[name]).join(", ")} (npm ci in bench/)`,
   );
   const install = await new Deno.Command("npm", {
     args: [
@@ -1014,14 +933,11 @@ async function main(): Promise<void> {
     Deno.writeTextFileSync(jsonl, JSON.stringify(record) + "\n", {
       append: true,
     });
-  const loadavg = () =>
-    Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  const loadavg = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
   const meta = {
     type: "meta",
     date: started.toISOString(),
-    mode: `${QUICK ? "quick" : "full"}${
-      flags.scenario ? ` (scenarios matching ${flags.scenario})` : ""
-    }`,
+    mode: `${QUICK ? "quick" : "full"}${flags.scenario ? ` (scenarios matching ${flags.scenario})` : ""}`,
     runs: RUNS,
     seconds: SECONDS,
     warmupSeconds: WARMUP_SECONDS,
@@ -1061,9 +977,7 @@ async function main(): Promise<void> {
       }
       const runs = await runScenario(scenario, servers);
       for (const [server, list] of runs) {
-        list.forEach((run, rep) =>
-          write({ type: "run", scenario: scenario.name, server, rep, ...run })
-        );
+        list.forEach((run, rep) => write({ type: "run", scenario: scenario.name, server, rep, ...run }));
       }
       const summaries = new Map(
         [...runs].filter(([, list]) => list.length > 0).map((
@@ -1082,16 +996,10 @@ async function main(): Promise<void> {
         write({ type: "ratio", scenario: scenario.name, reference, ...value });
       }
       results.push({ scenario, summaries, ratios: byReference });
-      const rates = SERVERS.map((name) =>
-        `${name} ${format(summaries.get(name)?.rate?.median)}/s`
-      ).join(", ");
-      const perCpu = [...byReference].map(([name, r]) =>
-        `ours/${name} ${times(r.perCpuSecond)}`
-      ).join(", ");
+      const rates = SERVERS.map((name) => `${name} ${format(summaries.get(name)?.rate?.median)}/s`).join(", ");
+      const perCpu = [...byReference].map(([name, r]) => `ours/${name} ${times(r.perCpuSecond)}`).join(", ");
       console.error(
-        `[${
-          index + 1
-        }/${scenarios.length}] ${scenario.name}: ${rates}; per CPU-s ${perCpu}`,
+        `[${index + 1}/${scenarios.length}] ${scenario.name}: ${rates}; per CPU-s ${perCpu}`,
       );
     }
   } finally {
@@ -1100,13 +1008,9 @@ async function main(): Promise<void> {
 
   const elapsed = (Date.now() - started.getTime()) / 1000;
   const about = [
-    `${
-      started.toISOString().slice(0, 16).replace("T", " ")
-    } UTC, ${meta.mode} run: ${RUNS} runs of ${SECONDS} s ` +
+    `${started.toISOString().slice(0, 16).replace("T", " ")} UTC, ${meta.mode} run: ${RUNS} runs of ${SECONDS} s ` +
     `each, medians (min-max); ${elapsed.toFixed(0)} s in all`,
-    `${Deno.build.target}, ${meta.cores} cores, Deno ${Deno.version.deno}${
-      meta.node ? `, Node ${meta.node}` : ""
-    }; ` +
+    `${Deno.build.target}, ${meta.cores} cores, Deno ${Deno.version.deno}${meta.node ? `, Node ${meta.node}` : ""}; ` +
     `load average ${meta.loadavg} → ${loadavg()}`,
   ];
   const scaling = fanoutScaling(results);
@@ -1131,18 +1035,14 @@ async function main(): Promise<void> {
   console.log(table(results));
   console.log(`\n${about.join("; ")}`);
   for (const { window, kept } of scaling) {
-    const each = [...kept].map(([name, value]) =>
-      `${name} ${value.toFixed(2)}×`
-    ).join(", ");
+    const each = [...kept].map(([name, value]) => `${name} ${value.toFixed(2)}×`).join(", ");
     console.log(
       `\nFan-out 1000 → 5000 receivers × ${window} in flight, deliveries per CPU-s kept: ${each}`,
     );
   }
   const misses = shortfalls(results);
   console.log(
-    misses.length
-      ? `\nBelow target:\n${misses.map((line) => `- ${line}`).join("\n")}`
-      : "\nEvery target met.",
+    misses.length ? `\nBelow target:\n${misses.map((line) => `- ${line}`).join("\n")}` : "\nEvery target met.",
   );
   console.log(
     `\nbench/results/${jsonl.slice(RESULTS.length)}, bench/results/ratios.svg${
