@@ -23,7 +23,15 @@ import {
   resolveCompression,
   type ResolvedCompression,
 } from "./_deflate.ts";
-import { type DataFrame, encodeControl, encodeMaskedMessage, encodeMessage, Outbox } from "./_outbox.ts";
+import {
+  type DataFrame,
+  encodeControl,
+  encodeMaskedMessage,
+  encodeMessage,
+  giveBuffer,
+  Outbox,
+  takeBuffer,
+} from "./_outbox.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import {
   applyMask,
@@ -57,8 +65,14 @@ const DEFAULTS: Required<Omit<ProtocolOptions, "allowedOrigins" | "compression">
 
 /** Fills in the defaults of options left out (or `undefined`). */
 export function resolveOptions(options: ProtocolOptions): ResolvedOptions {
-  const given = Object.entries(options).filter(([, value]) => value !== undefined);
-  return { ...DEFAULTS, ...Object.fromEntries(given), compression: resolveCompression(options.compression) };
+  // A loop, not entries/filter/fromEntries: this runs for every connection (5 µs of a handshake).
+  const resolved: Record<string, unknown> = { ...DEFAULTS };
+  for (const key of Object.keys(options)) {
+    const value = options[key as keyof ProtocolOptions];
+    if (value !== undefined) resolved[key] = value;
+  }
+  resolved.compression = resolveCompression(options.compression);
+  return resolved as ResolvedOptions;
 }
 
 /** What the core has to tell the shell. */
@@ -406,9 +420,10 @@ export class Core {
     const arrived = this.#buffer.subarray(payloadStart, this.#end);
     const full = fitsReserve(header.payloadLength, arrived.length);
     const capacity = full ? header.payloadLength : growthCapacity(header.payloadLength, arrived.length, 0);
-    // A text or compressed payload is garbage once decoded: it can go in the spare buffer.
+    // A text or compressed payload is garbage once decoded: its buffer comes from the pool
+    // of long texts and goes back to it (a fresh one is zeroed and faulted in page by page).
     const streamed = this.#assembler.streamed;
-    const payload = streamed ? takeSpare(capacity) : new Uint8Array(capacity);
+    const payload = streamed ? takeBuffer(capacity) : new Uint8Array(capacity);
     payload.set(arrived);
     this.#large = { header, maskKey, streamed, payload, received: arrived.length, unmasked: 0, full, reserved: 0 };
     this.#start = this.#end = 0;
@@ -436,7 +451,7 @@ export class Core {
     if (large.received < header.payloadLength) return false;
     this.#large = undefined;
     this.#deliver(this.#assembler.end(large.streamed ? EMPTY : large.payload, true));
-    if (large.streamed) giveSpare(large.payload);
+    if (large.streamed) giveBuffer(large.payload);
     return true;
   }
 
@@ -621,23 +636,6 @@ function reserve(large: LargeFrame): void {
   const room = large.full ? large.payload.length - large.received : 0;
   reserved += room - large.reserved;
   large.reserved = room;
-}
-
-// One buffer kept for the payloads of large text frames, which are garbage once
-// decoded: a fresh buffer costs a page fault every 4 KiB as it is first written.
-const SPARE_LIMIT = 4 * 1024 * 1024;
-let spare: Uint8Array | undefined;
-
-function takeSpare(size: number): Uint8Array {
-  if (spare === undefined || spare.length < size) return new Uint8Array(size);
-  const buffer = spare.subarray(0, size);
-  spare = undefined;
-  return buffer;
-}
-
-function giveSpare(buffer: Uint8Array): void {
-  const whole = new Uint8Array(buffer.buffer);
-  if (whole.length <= SPARE_LIMIT && whole.length > (spare?.length ?? 0)) spare = whole;
 }
 
 // A server answers 431; a client's error is about the answer it read, whose status it never got to.

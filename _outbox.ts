@@ -53,6 +53,95 @@ export function nextMaskKey(): Uint8Array {
   return maskKeys.subarray(maskKeyOffset, maskKeyOffset += 4);
 }
 
+// Long texts are encoded into pooled buffers, taken back once every queue that held the
+// frame has written it: a fresh buffer is zeroed, and costs a page fault every 4 KiB as
+// it is first written (about 230 for a 1 MiB message, most of its cost). Buffer sizes
+// are a power of two (up to 1 MiB) plus room for the longest header; the pool keeps at
+// most 8 MiB.
+// Large text payloads being read (_core.ts) take their buffers from it too.
+const TEXT_POOL_LIMIT = 8 * 1024 * 1024;
+const POOLED_MAX = 1024 * 1024;
+const MAX_HEADER_LENGTH = 14;
+const textPool = new Map<number, ArrayBuffer[]>(); // free buffers by size
+let textPoolBytes = 0;
+// The queues holding each pooled frame, by its buffer; a frame no queue took is garbage.
+const holders = new WeakMap<ArrayBufferLike, number>();
+const textEncoder = new TextEncoder();
+
+function takeTextBuffer(payloadCapacity: number): Uint8Array {
+  // Past 1 MiB a buffer of its own: rounding up to a power of two would cost up to twice the bytes.
+  if (payloadCapacity > POOLED_MAX) return new Uint8Array(payloadCapacity + MAX_HEADER_LENGTH);
+  const size = 2 ** Math.ceil(Math.log2(payloadCapacity)) + MAX_HEADER_LENGTH;
+  const buffer = textPool.get(size)?.pop();
+  if (buffer === undefined) return new Uint8Array(size);
+  textPoolBytes -= size;
+  return new Uint8Array(buffer);
+}
+
+function giveTextBuffer(buffer: ArrayBuffer): void {
+  const payloadCapacity = buffer.byteLength - MAX_HEADER_LENGTH;
+  // Only the pool's own sizes, a power of two plus the header's room, are kept.
+  if (payloadCapacity > POOLED_MAX || (payloadCapacity & (payloadCapacity - 1)) !== 0) return;
+  if (textPoolBytes + buffer.byteLength > TEXT_POOL_LIMIT) return;
+  textPoolBytes += buffer.byteLength;
+  const free = textPool.get(buffer.byteLength);
+  if (free) free.push(buffer);
+  else textPool.set(buffer.byteLength, [buffer]);
+}
+
+/**
+ * A buffer of `length` bytes from the pool, not zeroed: for a long text's payload as it
+ * is read, garbage once decoded. Give it back with {@linkcode giveBuffer}.
+ */
+export function takeBuffer(length: number): Uint8Array {
+  return takeTextBuffer(length).subarray(0, length);
+}
+
+/** Gives a buffer from {@linkcode takeBuffer} back to the pool; nothing may use it after. */
+export function giveBuffer(bytes: Uint8Array): void {
+  giveTextBuffer(bytes.buffer as ArrayBuffer);
+}
+
+/** Bytes of free buffers the long-text pool keeps (at most 8 MiB). */
+export function textPoolSize(): number {
+  return textPoolBytes;
+}
+
+// A long text's frame in a pooled buffer: first one byte a character, as for ASCII, then,
+// if that was not enough, a buffer with room for the worst case of the rest.
+function encodeLongText(text: string): Uint8Array {
+  let buffer = takeTextBuffer(text.length);
+  let { read, written } = textEncoder.encodeInto(text, buffer.subarray(MAX_HEADER_LENGTH));
+  if (read < text.length) {
+    const grown = takeTextBuffer(written + 3 * (text.length - read));
+    grown.set(buffer.subarray(MAX_HEADER_LENGTH, MAX_HEADER_LENGTH + written), MAX_HEADER_LENGTH);
+    written += textEncoder.encodeInto(text.slice(read), grown.subarray(MAX_HEADER_LENGTH + written)).written;
+    giveTextBuffer(buffer.buffer as ArrayBuffer);
+    buffer = grown;
+  }
+  let start = MAX_HEADER_LENGTH;
+  encodeHeader(Opcode.Text, written, { allocate: (length) => buffer.subarray(start -= length, MAX_HEADER_LENGTH) });
+  holders.set(buffer.buffer, 0);
+  return buffer.subarray(start, MAX_HEADER_LENGTH + written);
+}
+
+// A queue took a frame: a pooled one has one more holder.
+function hold(frame: Uint8Array): void {
+  if (frame.length < LARGE_PAYLOAD) return;
+  const count = holders.get(frame.buffer);
+  if (count !== undefined) holders.set(frame.buffer, count + 1);
+}
+
+// A queue is done with a frame: a pooled one goes back to the pool after its last holder.
+function release(frame: Uint8Array): void {
+  if (frame.length < LARGE_PAYLOAD) return;
+  const count = holders.get(frame.buffer);
+  if (count === undefined) return;
+  if (count > 1) return void holders.set(frame.buffer, count - 1);
+  holders.delete(frame.buffer);
+  giveTextBuffer(frame.buffer as ArrayBuffer);
+}
+
 /** Encodes a frame, masked with a fresh key when `mask` (a client's frames). */
 export function encodeControl(opcode: Opcode, payload: Uint8Array, mask: boolean): Uint8Array {
   return encodeFrame(opcode, payload, mask ? { allocate, maskKey: nextMaskKey() } : pooled);
@@ -72,12 +161,14 @@ export type DataFrame = Uint8Array | [Uint8Array, Uint8Array];
 
 /**
  * Encodes an unmasked data frame: a small one is cut from a slab, a long text is
- * encoded into a frame of its own, and a large binary payload stays where it is,
+ * encoded into a pooled buffer, and a large binary payload stays where it is,
  * queued after its header (up to 64 KiB the writer joins the two; larger ones are
  * written as they are).
  */
 export function encodeMessage(msg: string | Uint8Array): DataFrame {
-  if (typeof msg === "string") return encodeFrame(Opcode.Text, msg, msg.length < LARGE_PAYLOAD ? pooled : undefined);
+  if (typeof msg === "string") {
+    return msg.length < LARGE_PAYLOAD ? encodeFrame(Opcode.Text, msg, pooled) : encodeLongText(msg);
+  }
   if (msg.length < LARGE_PAYLOAD) return encodeFrame(Opcode.Binary, msg, pooled);
   return [encodeHeader(Opcode.Binary, msg.length, pooled), msg];
 }
@@ -96,6 +187,7 @@ export class Outbox {
   #closed = false;
   #joined: Uint8Array | undefined;
   #taking = 0; // frames in the piece handed out by next() and not yet written
+  #single: Uint8Array | undefined; // that piece, when it is one frame as it is
   /** Frames accepted so far, and frames written so far (a replaced pong counts as written). */
   queuedFrames = 0;
   writtenFrames = 0;
@@ -182,16 +274,21 @@ export class Outbox {
     for (; end < queue.length && length + queue[end].length <= COALESCE_LIMIT; end++) length += queue[end].length;
     this.#head = end;
     this.#taking = end - start;
-    if (end - start === 1) return queue[start];
+    if (end - start === 1) return this.#single = queue[start];
     // Small runs go in a slab; larger ones in a buffer lent to this connection while busy.
     if (length > SLAB_CUT_LIMIT) this.#joined ??= spareWriteBuffers.pop() ?? new Uint8Array(COALESCE_LIMIT);
     const run = length > SLAB_CUT_LIMIT ? this.#joined!.subarray(0, length) : allocate(length);
-    for (let i = start, offset = 0; i < end; offset += queue[i++].length) run.set(queue[i], offset);
+    for (let i = start, offset = 0; i < end; offset += queue[i++].length) {
+      run.set(queue[i], offset);
+      release(queue[i]);
+    }
     return run;
   }
 
   /** The bytes from `next()` are written. */
   written(length: number): void {
+    if (this.#single !== undefined) release(this.#single);
+    this.#single = undefined;
     this.#queuedBytes -= length;
     this.writtenFrames += this.#taking;
     this.#taking = 0;
@@ -209,6 +306,9 @@ export class Outbox {
 
   /** Drops what is queued: the connection is gone. */
   discard(): void {
+    // Frames not handed out go back; one being written is left to the garbage collector.
+    for (let i = this.#head; i < this.#queue.length; i++) release(this.#queue[i]);
+    this.#single = undefined;
     this.#closed = true;
     this.#queue = [];
     this.#head = 0;
@@ -217,6 +317,7 @@ export class Outbox {
   }
 
   #add(frame: Uint8Array): void {
+    hold(frame);
     this.#queue.push(frame);
     this.#queuedBytes += frame.length;
     this.queuedFrames++;

@@ -4,7 +4,7 @@
 import { assert, assertEquals, assertStrictEquals, assertThrows } from "@std/assert";
 import { MessageAssembler } from "./_assembler.ts";
 import { Core, type CoreEvent, reservedBytes, resolveOptions } from "./_core.ts";
-import { encodeMessage, Outbox } from "./_outbox.ts";
+import { encodeMessage, Outbox, textPoolSize } from "./_outbox.ts";
 import { ProtocolError } from "./errors.ts";
 import { decodeClosePayload, encodeClosePayload, encodeFrame, encodeHeader, Frame, Opcode } from "./frame.ts";
 import type { ProtocolOptions } from "./protocol.ts";
@@ -1137,6 +1137,43 @@ Deno.test("RFC 6455 5.5.3: a pong replaced by a longer or shorter one keeps buff
   assertEquals(serverFrames(concat(...pieces)).at(-1)?.payload, new Uint8Array(0));
 });
 
+Deno.test("outbox: a long text's pooled buffer is reused only once every queue holding it has written it", () => {
+  const text = "p".repeat(100 * KiB);
+  const frame = encodeMessage(text) as Uint8Array;
+  assertEquals(frame, encodeFrame(Opcode.Text, text));
+  const [first, second] = [openCore(), openCore()];
+  assert(first.send(frame) && second.send(frame));
+  const before = textPoolSize();
+  const piece = first.outbox.next()!;
+  first.outbox.written(piece.length);
+  // The second queue still holds it: a new text gets another buffer, and this one's bytes stay.
+  const other = encodeMessage("q".repeat(100 * KiB)) as Uint8Array;
+  assert(other.buffer !== frame.buffer);
+  assertEquals(second.outbox.next(), encodeFrame(Opcode.Text, text));
+  second.outbox.written(frame.length);
+  assertEquals(textPoolSize(), before + frame.buffer.byteLength);
+  const again = encodeMessage("r".repeat(100 * KiB)) as Uint8Array;
+  assertStrictEquals(again.buffer, frame.buffer);
+  assertEquals(again, encodeFrame(Opcode.Text, "r".repeat(100 * KiB)));
+  // A queue that is dropped gives back what it had not handed out; a frame no queue took is garbage.
+  const dropped = openCore();
+  assert(dropped.send(again));
+  dropped.outbox.discard();
+  assertEquals(textPoolSize(), before + frame.buffer.byteLength);
+});
+
+Deno.test("outbox: long texts of one, two, three and four bytes a character encode as TextEncoder does", () => {
+  // From 4,096 characters (pooled) over the 64 KiB header boundary; the first pass
+  // assumes one byte a character, so wider text goes to a second buffer.
+  for (const unit of ["a", "é", "€", "😀", "a€"]) {
+    for (const count of [4096, 5000, 16 * KiB, 40 * KiB]) {
+      const text = unit.repeat(Math.ceil(count / unit.length)).slice(0, count - (unit === "😀" ? count % 2 : 0));
+      const frame = encodeMessage(text);
+      assertEquals(frame, encodeFrame(Opcode.Text, utf8(text)), `${count} × ${unit}`);
+    }
+  }
+});
+
 // ---------------------------------------------------------------- heartbeats, with a fake clock
 
 Deno.test("heartbeat: tick() says ping every pingInterval and idle after idleTimeout of silence", () => {
@@ -1353,7 +1390,7 @@ Deno.test("close() during the handshake drops the connection without an answer",
 
 Deno.test("close() while a client's request head is queued drops it: nothing is written", () => {
   const core = new Core(resolveOptions({}), "client");
-  core.connect(utf8(handshake()), ACCEPT, []);
+  core.connect(utf8(handshake()), { accept: ACCEPT, protocols: [], extensions: false });
   assert(core.outbox.pending);
   core.close(1000, "");
   assertEquals([core.state, core.outbox.pending, core.outbox.closed], ["closed", false, true]);

@@ -192,6 +192,30 @@ Deno.test("handshake timeout: a one-byte-at-a-time client is dropped without del
   }
 });
 
+Deno.test("handshake timeout: silent connections opened in turn are each dropped at their own deadline", async () => {
+  // One timer serves every connection with the same timeout: the second must not go
+  // with the first, nor wait for a third, and one that completed its handshake stays.
+  const server = recordingServer({ handshakeTimeout: 300 });
+  try {
+    const first = await RawClient.connect(server.port);
+    const firstAt = Date.now();
+    await sleep(150);
+    const second = await RawClient.connect(server.port);
+    const secondAt = Date.now();
+    const open = await RawClient.open(server.port);
+    await first.expectEnd(2000);
+    const firstLasted = Date.now() - firstAt;
+    await second.expectEnd(2000);
+    const secondLasted = Date.now() - secondAt;
+    assert(firstLasted >= 250 && secondLasted >= 250, `dropped early: ${firstLasted} and ${secondLasted} ms`);
+    assert(Date.now() - firstAt >= 400, "the second went with the first");
+    assertEquals((await server.handler(2)).state, "open");
+    for (const client of [first, second, open]) client.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("maxConnections: past the limit the handshake gets 503; a freed place is taken again", async () => {
   const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, maxConnections: 2 });
   try {

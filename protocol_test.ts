@@ -2,6 +2,7 @@ import { assert, assertEquals, assertMatch } from "@std/assert";
 import { ProtocolError } from "./errors.ts";
 import { encodeFrame, Opcode } from "./frame.ts";
 import { computeAcceptKey, Protocol } from "./protocol.ts";
+import { sha1 } from "./_http.ts";
 import {
   ACCEPT,
   encoder,
@@ -23,6 +24,17 @@ const pattern = (size: number) => new Uint8Array(size).map((_, i) => (i * 31) & 
 
 Deno.test("RFC 6455 4.2.2: the accept key of the RFC's own example", async () => {
   assertEquals(await computeAcceptKey(KEY), ACCEPT);
+});
+
+Deno.test("RFC 6455 4.2.2: the accept key's SHA-1 agrees with WebCrypto's at every padding boundary", async () => {
+  // 0-200 bytes: one, two and four blocks, the 55/56 and 63/64 boundaries of FIPS 180-4 5.1.1.
+  for (let length = 0; length <= 200; length++) {
+    const message = pattern(length).map((byte) => byte ^ length);
+    const expected = new Uint8Array(await crypto.subtle.digest("SHA-1", message));
+    assertEquals(sha1(message), expected, `${length} bytes`);
+  }
+  // FIPS 180-2 appendix A.1 ("abc").
+  assertEquals(sha1(utf8("abc")).toHex(), "a9993e364706816aba3e25717850c26c9cd0d89d");
 });
 
 Deno.test("RFC 6455 4.2.2: a valid handshake is answered 101 without extensions", () =>

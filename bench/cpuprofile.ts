@@ -1,5 +1,5 @@
 // Summarises a V8 .cpuprofile (from `deno run --cpu-prof`) by self time: the functions
-// where the samples fell, then the same by file. "(idle)" is the thread waiting for
+// where the samples fell, then by kind (JavaScript, ops, GC, native), then by file. "(idle)" is the thread waiting for
 // events; "(program)" is native code outside any JavaScript function (the event loop,
 // op dispatch); op_* are Deno's ops, including the system calls made inside them.
 //
@@ -52,8 +52,33 @@ function line(time: number, what: string): string {
   const all = `${(time / total * 100).toFixed(1)}%`;
   return `${all.padStart(6)} ${busy.padStart(7)} ${(time / 1000).toFixed(0).padStart(7)} ms  ${what}`;
 }
-console.log(`${(total / 1000).toFixed(0)} ms sampled, ${((total - idle) / 1000).toFixed(0)} ms not idle`);
+console.log(
+  `${(total / 1000).toFixed(0)} ms sampled, ${((total - idle) / 1000).toFixed(0)} ms not idle`,
+);
 console.log("   all    busy      self  function");
-for (const [key, time] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(line(time, key));
+for (
+  const [key, time] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top)
+) console.log(line(time, key));
+// Where the busy time went: JavaScript (the module's and Deno's own), ops (their Rust
+// side, system calls included), the garbage collector, and native code outside both.
+const byKind = new Map<string, number>();
+for (const [key, time] of byFunction) {
+  const kind = key === "(idle)"
+    ? "(idle)"
+    : key === "(garbage collector)"
+    ? "GC"
+    : key.startsWith("op_")
+    ? "ops"
+    : key === "(program)"
+    ? "native (event loop, op dispatch)"
+    : "JavaScript";
+  byKind.set(kind, (byKind.get(kind) ?? 0) + time);
+}
+console.log("\n   all    busy      self  kind");
+for (const [key, time] of [...byKind].sort((a, b) => b[1] - a[1])) {
+  console.log(line(time, key));
+}
 console.log("\n   all    busy      self  file");
-for (const [key, time] of [...byFile].sort((a, b) => b[1] - a[1]).slice(0, 15)) console.log(line(time, key));
+for (
+  const [key, time] of [...byFile].sort((a, b) => b[1] - a[1]).slice(0, 15)
+) console.log(line(time, key));

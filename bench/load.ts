@@ -8,7 +8,8 @@
 // --runs N     measured runs of every scenario on every server (default 3): medians, min-max
 // --seconds S  length of one run (default 1.5, or 0.5 with --quick)
 // --servers    which servers (default ours,deno,uws; ws is npm ws 8 on Node; floor is
-//              bench/servers/floor.ts, the least JavaScript a server on Deno.Conn can have)
+//              bench/servers/floor.ts, the least JavaScript a server on Deno.Conn can have;
+//              base is bench/servers/ours.ts run from a checkout of main: before/after)
 // --scenario   only the scenarios whose name contains one of these texts (from the full list)
 // --write-docs also copy the chart to docs/bench.svg
 //
@@ -33,17 +34,33 @@ const QUICK = flags.quick;
 const RUNS = Number(flags.runs ?? 3);
 const SECONDS = Number(flags.seconds ?? (QUICK ? 0.5 : 1.5));
 const WARMUP_SECONDS = Math.min(SECONDS, QUICK ? 0.2 : 0.5);
-if (!(Number.isInteger(RUNS) && RUNS >= 1 && RUNS <= 20)) throw new Error("--runs must be an integer from 1 to 20");
-if (!(SECONDS > 0 && SECONDS <= 30)) throw new Error("--seconds must be over 0 and at most 30");
+if (!(Number.isInteger(RUNS) && RUNS >= 1 && RUNS <= 20)) {
+  throw new Error("--runs must be an integer from 1 to 20");
+}
+if (!(SECONDS > 0 && SECONDS <= 30)) {
+  throw new Error("--seconds must be over 0 and at most 30");
+}
 const SERVERS: string[] = (flags.servers ?? "ours,deno,uws").split(",");
 const HERE = new URL(".", import.meta.url).pathname;
 const ROOT = new URL("../", import.meta.url).pathname;
 const CONFIG = `${ROOT}deno.json`;
+// --servers ...,base: a checkout of main made with `git worktree add --detach DIR main`
+// (default /work/wt/base, or BENCH_BASE=DIR).
+const BASE = (Deno.env.get("BENCH_BASE") ?? "/work/wt/base").replace(
+  /\/?$/,
+  "/",
+);
 const RESULTS = `${HERE}results/`; // git-ignored
 const CLK_TCK = Number(
-  new TextDecoder().decode(new Deno.Command("getconf", { args: ["CLK_TCK"] }).outputSync().stdout),
+  new TextDecoder().decode(
+    new Deno.Command("getconf", { args: ["CLK_TCK"] }).outputSync().stdout,
+  ),
 );
-const PINNED = new Deno.Command("taskset", { args: ["-pc", "1", String(Deno.pid)], stdout: "null", stderr: "null" })
+const PINNED = new Deno.Command("taskset", {
+  args: ["-pc", "1", String(Deno.pid)],
+  stdout: "null",
+  stderr: "null",
+})
   .outputSync().success;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -88,7 +105,9 @@ for (const conns of [1, 32, 256]) {
           size,
           window,
           text,
-          quick: QUICK_ECHO.has(`${conns} ${sizeLabel(size)} ${window} ${type}`),
+          quick: QUICK_ECHO.has(
+            `${conns} ${sizeLabel(size)} ${window} ${type}`,
+          ),
         });
       }
     }
@@ -130,7 +149,8 @@ function chosenScenarios(): Scenario[] {
 // ---------------------------------------------------------------- processes
 
 const cpuTicks = (pid: number) => {
-  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1]
+    .split(" ");
   return Number(fields[11]) + Number(fields[12]); // utime + stime, over all threads
 };
 
@@ -138,26 +158,58 @@ const cpuTicks = (pid: number) => {
 // in softirqs, where the kernel does much of loopback TCP for whoever sent.
 const core0Ticks = (): [number, number] => {
   const line = Deno.readTextFileSync("/proc/stat").split("\n").find((line) => line.startsWith("cpu0 "))!;
-  const [user, nice, system, _idle, _iowait, irq, softirq, steal] = line.split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, _idle, _iowait, irq, softirq, steal] = line.split(
+    /\s+/,
+  ).slice(1).map(Number);
   return [user + nice + system + irq + steal, softirq];
 };
 
 // This process's open-file limits, [soft, hard]: children inherit them.
 function fileLimits(): [number, number] {
-  const line = Deno.readTextFileSync("/proc/self/limits").split("\n").find((line) =>
-    line.startsWith("Max open files")
-  )!;
+  const line = Deno.readTextFileSync("/proc/self/limits").split("\n").find((
+    line,
+  ) => line.startsWith("Max open files"))!;
   const [soft, hard] = line.slice("Max open files".length).trim().split(/\s+/);
   const value = (text: string) => text === "unlimited" ? Infinity : Number(text);
   return [value(soft), value(hard)];
 }
 
 const COMMANDS: Record<string, string[]> = {
-  ours: [Deno.execPath(), "run", "-A", "--config", CONFIG, `${HERE}servers/ours.ts`],
-  deno: [Deno.execPath(), "run", "-A", "--config", CONFIG, `${HERE}servers/deno_native.ts`],
+  ours: [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--config",
+    CONFIG,
+    `${HERE}servers/ours.ts`,
+  ],
+  deno: [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--config",
+    CONFIG,
+    `${HERE}servers/deno_native.ts`,
+  ],
   uws: ["node", `${HERE}servers/uws_node.mjs`],
   ws: ["node", `${HERE}servers/ws_node.mjs`],
-  floor: [Deno.execPath(), "run", "-A", "--config", CONFIG, `${HERE}servers/floor.ts`],
+  floor: [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--config",
+    CONFIG,
+    `${HERE}servers/floor.ts`,
+  ],
+  // main's code from a detached checkout beside this one, for before/after in one run
+  base: [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--config",
+    `${BASE}deno.json`,
+    `${BASE}bench/servers/ours.ts`,
+  ],
 };
 const NODE_PACKAGES: Record<string, string> = { uws: "uwebsockets", ws: "ws" };
 const TITLES: Record<string, string> = {
@@ -166,12 +218,19 @@ const TITLES: Record<string, string> = {
   uws: "uWebSockets.js",
   ws: "ws",
   floor: "Deno.Conn floor",
+  base: "base (main)",
 };
 
 // Every process this script started and has not seen exit, killed by PID on the way out.
 const children = new Set<Deno.ChildProcess>();
-function spawn(command: string[], options: Deno.CommandOptions): Deno.ChildProcess {
-  const child = new Deno.Command(command[0], { ...options, args: command.slice(1) }).spawn();
+function spawn(
+  command: string[],
+  options: Deno.CommandOptions,
+): Deno.ChildProcess {
+  const child = new Deno.Command(command[0], {
+    ...options,
+    args: command.slice(1),
+  }).spawn();
   children.add(child);
   child.status.finally(() => children.delete(child));
   return child;
@@ -191,7 +250,9 @@ function placed(command: string[], core: number, files: number): string[] {
   const [soft, hard] = fileLimits();
   if (soft >= files) return pinned;
   if (hard < files) {
-    throw new Error(`${files} open files are needed, and the hard limit is ${hard}: raise it (ulimit -Hn) first`);
+    throw new Error(
+      `${files} open files are needed, and the hard limit is ${hard}: raise it (ulimit -Hn) first`,
+    );
   }
   return ["sh", "-c", 'ulimit -Sn "$0" && exec "$@"', String(files), ...pinned];
 }
@@ -200,7 +261,12 @@ class Server {
   #child: Deno.ChildProcess;
   #draining: Promise<void>;
 
-  private constructor(readonly name: string, readonly port: number, child: Deno.ChildProcess, draining: Promise<void>) {
+  private constructor(
+    readonly name: string,
+    readonly port: number,
+    child: Deno.ChildProcess,
+    draining: Promise<void>,
+  ) {
     this.#child = child;
     this.#draining = draining;
   }
@@ -218,13 +284,16 @@ class Server {
       stderr: "inherit",
       env: { NO_COLOR: "1" },
     });
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream())
+      .getReader();
     const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
     try {
       let output = "";
       while (!output.includes("ready")) {
         const { value, done } = await reader.read();
-        if (done) throw new Error(`the ${name} server exited before it was ready`);
+        if (done) {
+          throw new Error(`the ${name} server exited before it was ready`);
+        }
         output += value;
       }
     } finally {
@@ -239,7 +308,10 @@ class Server {
 
   // Whether it has exited (a crash): its status has settled.
   async exited(): Promise<boolean> {
-    return await Promise.race([this.#child.status.then(() => true), sleep(0).then(() => false)]);
+    return await Promise.race([
+      this.#child.status.then(() => true),
+      sleep(0).then(() => false),
+    ]);
   }
 
   async stop(): Promise<void> {
@@ -284,18 +356,24 @@ async function buildLoadgen(): Promise<void> {
   for (const cc of compilers) {
     let output: Deno.CommandOutput;
     try {
-      output = await new Deno.Command(cc, { args: ["-O2", "-Wall", "-Wextra", "-o", LOADGEN, LOADGEN_SOURCE] })
+      output = await new Deno.Command(cc, {
+        args: ["-O2", "-Wall", "-Wextra", "-o", LOADGEN, LOADGEN_SOURCE],
+      })
         .output();
     } catch (error) {
       if (error instanceof Deno.errors.NotFound) continue;
       throw error;
     }
     if (!output.success) {
-      throw new Error(`${cc} could not build bench/loadgen.c:\n${new TextDecoder().decode(output.stderr)}`);
+      throw new Error(
+        `${cc} could not build bench/loadgen.c:\n${new TextDecoder().decode(output.stderr)}`,
+      );
     }
     return;
   }
-  throw new Error(`bench:load needs a C compiler for bench/loadgen.c: none of ${compilers.join(", ")} found`);
+  throw new Error(
+    `bench:load needs a C compiler for bench/loadgen.c: none of ${compilers.join(", ")} found`,
+  );
 }
 
 // One JSON line of the load generator: the connections' setup, or a run.
@@ -321,7 +399,10 @@ class Loadgen {
   }
 
   // Starts one, waits for its connections, and returns it with the setup's report.
-  static async open(args: (string | number)[], timeoutSeconds: number): Promise<[Loadgen, Report]> {
+  static async open(
+    args: (string | number)[],
+    timeoutSeconds: number,
+  ): Promise<[Loadgen, Report]> {
     const child = spawn(placed([LOADGEN, ...args.map(String)], 1, 0), {
       stdin: "piped",
       stdout: "piped",
@@ -343,11 +424,18 @@ class Loadgen {
   }
 
   async #report(timeoutSeconds: number): Promise<Report> {
-    const timer = setTimeout(() => this.child.kill("SIGKILL"), timeoutSeconds * 1000);
+    const timer = setTimeout(
+      () => this.child.kill("SIGKILL"),
+      timeoutSeconds * 1000,
+    );
     try {
       while (!this.#buffered.includes("\n")) {
         const { value, done } = await this.#lines.read();
-        if (done) throw new Error(`the load generator exited (status ${(await this.child.status).code})`);
+        if (done) {
+          throw new Error(
+            `the load generator exited (status ${(await this.child.status).code})`,
+          );
+        }
         this.#buffered += value;
       }
     } finally {
@@ -384,7 +472,12 @@ interface Run {
   core0Softirq: number; // % of core 0 in softirqs (loopback TCP, for the server and others)
 }
 
-function figures(scenario: Scenario, report: Report, serverTicks: number, core0: [number, number]): Run {
+function figures(
+  scenario: Scenario,
+  report: Report,
+  serverTicks: number,
+  core0: [number, number],
+): Run {
   const count = scenario.kind === "echo"
     ? report.messages!
     : scenario.kind === "fanout"
@@ -400,13 +493,19 @@ function figures(scenario: Scenario, report: Report, serverTicks: number, core0:
     serverCpu,
     wall: report.wall_s,
     loadCpu: report.cpu_s / report.wall_s * 100,
-    core0Other: Math.max(0, (core0[0] - serverTicks) / CLK_TCK / report.wall_s * 100),
+    core0Other: Math.max(
+      0,
+      (core0[0] - serverTicks) / CLK_TCK / report.wall_s * 100,
+    ),
     core0Softirq: core0[1] / CLK_TCK / report.wall_s * 100,
   };
 }
 
 // Runs `body` and returns its result, the server's CPU ticks meanwhile, and core 0's.
-async function measured<T>(pid: number, body: () => Promise<T>): Promise<[T, number, [number, number]]> {
+async function measured<T>(
+  pid: number,
+  body: () => Promise<T>,
+): Promise<[T, number, [number, number]]> {
   const server0 = cpuTicks(pid), [busy0, softirq0] = core0Ticks();
   const result = await body();
   const [busy, softirq] = core0Ticks();
@@ -415,7 +514,15 @@ async function measured<T>(pid: number, body: () => Promise<T>): Promise<[T, num
 
 const loadgenArgs = (scenario: Scenario, port: number): (string | number)[] =>
   scenario.kind === "echo"
-    ? ["echo", port, scenario.conns, scenario.size, scenario.window, SECONDS, scenario.text ? "text" : "binary"]
+    ? [
+      "echo",
+      port,
+      scenario.conns,
+      scenario.size,
+      scenario.window,
+      SECONDS,
+      scenario.text ? "text" : "binary",
+    ]
     : ["fanout", port, scenario.conns, scenario.window, SECONDS, "all"];
 
 // Seconds to allow for opening `count` connections (loadgen.c gives up after 120 s itself).
@@ -423,12 +530,19 @@ const setupSeconds = (count: number) => 30 + count / 50;
 
 // Runs one scenario on every server: RUNS runs each, taking turns. Returns the runs by
 // server; a server whose load generator failed has fewer, and its error is logged.
-async function runScenario(scenario: Scenario, servers: Server[]): Promise<Map<string, Run[]>> {
-  const runs = new Map<string, Run[]>(servers.map((server) => [server.name, []]));
+async function runScenario(
+  scenario: Scenario,
+  servers: Server[],
+): Promise<Map<string, Run[]>> {
+  const runs = new Map<string, Run[]>(
+    servers.map((server) => [server.name, []]),
+  );
   const failed = new Set<string>();
   const fail = (server: Server, error: unknown) => {
     failed.add(server.name);
-    console.error(`  ${server.name}: ${scenario.name} failed: ${error instanceof Error ? error.message : error}`);
+    console.error(
+      `  ${server.name}: ${scenario.name} failed: ${error instanceof Error ? error.message : error}`,
+    );
   };
   if (scenario.kind === "connect") {
     for (let i = 0; i < RUNS; i++) {
@@ -438,10 +552,16 @@ async function runScenario(scenario: Scenario, servers: Server[]): Promise<Map<s
         try {
           const [[loadgen, report], serverTicks, core0] = await measured(
             server.pid,
-            () => Loadgen.open(["connect", server.port, scenario.conns], setupSeconds(scenario.conns)),
+            () =>
+              Loadgen.open(
+                ["connect", server.port, scenario.conns],
+                setupSeconds(scenario.conns),
+              ),
           );
           await loadgen.close();
-          runs.get(server.name)!.push(figures(scenario, report, serverTicks, core0));
+          runs.get(server.name)!.push(
+            figures(scenario, report, serverTicks, core0),
+          );
         } catch (error) {
           fail(server, error);
         }
@@ -453,7 +573,10 @@ async function runScenario(scenario: Scenario, servers: Server[]): Promise<Map<s
   try {
     for (const server of servers) {
       try {
-        const [loadgen] = await Loadgen.open(loadgenArgs(scenario, server.port), setupSeconds(scenario.conns));
+        const [loadgen] = await Loadgen.open(
+          loadgenArgs(scenario, server.port),
+          setupSeconds(scenario.conns),
+        );
         loadgens.set(server.name, loadgen);
         await loadgen.run(WARMUP_SECONDS);
       } catch (error) {
@@ -466,8 +589,13 @@ async function runScenario(scenario: Scenario, servers: Server[]): Promise<Map<s
         if (!loadgen || failed.has(server.name)) continue;
         await quiet(servers);
         try {
-          const [report, serverTicks, core0] = await measured(server.pid, () => loadgen.run(SECONDS));
-          runs.get(server.name)!.push(figures(scenario, report, serverTicks, core0));
+          const [report, serverTicks, core0] = await measured(
+            server.pid,
+            () => loadgen.run(SECONDS),
+          );
+          runs.get(server.name)!.push(
+            figures(scenario, report, serverTicks, core0),
+          );
         } catch (error) {
           fail(server, error);
         }
@@ -502,7 +630,14 @@ type Summary = { [K in keyof Run]?: Spread };
 function summarize(runs: Run[]): Summary {
   const keys = Object.keys(runs[0] ?? {}) as (keyof Run)[];
   return Object.fromEntries(
-    keys.map((key) => [key, spread(runs.map((run) => run[key]).filter((value) => value !== undefined) as number[])]),
+    keys.map((
+      key,
+    ) => [
+      key,
+      spread(
+        runs.map((run) => run[key]).filter((value) => value !== undefined) as number[],
+      ),
+    ]),
   );
 }
 
@@ -522,7 +657,11 @@ function ratios(ours: Run[], theirs: Run[]): Ratios {
     }
     return spread(values);
   };
-  return { perCpuSecond: paired("perCpuSecond"), rate: paired("rate"), p99: paired("p99") };
+  return {
+    perCpuSecond: paired("perCpuSecond"),
+    rate: paired("rate"),
+    p99: paired("p99"),
+  };
 }
 
 // ---------------------------------------------------------------- the table
@@ -576,7 +715,11 @@ function table(results: Result[]): string {
       ...others.map((name) => scenario.kind === "connect" ? "–" : times(ratios.get(name)?.p99)),
       each((s) => format(s.loadCpu?.median)),
       `${format(Math.max(...SERVERS.map((name) => summaries.get(name)?.core0Other?.median ?? 0)))} / ` +
-      format(Math.max(...SERVERS.map((name) => summaries.get(name)?.core0Softirq?.median ?? 0))),
+      format(
+        Math.max(
+          ...SERVERS.map((name) => summaries.get(name)?.core0Softirq?.median ?? 0),
+        ),
+      ),
     ];
   });
   return [header, header.map(() => "---"), ...rows].map((row) => `| ${row.join(" | ")} |`).join("\n");
@@ -589,10 +732,18 @@ function shortfalls(results: Result[]): string[] {
   for (const { scenario, ratios } of results) {
     const deno = ratios.get("deno"), uws = ratios.get("uws");
     const misses: string[] = [];
-    if (deno?.perCpuSecond && deno.perCpuSecond.median < 1) misses.push(`${times(deno.perCpuSecond)} Deno per CPU-s`);
-    if (uws?.perCpuSecond && uws.perCpuSecond.median < 0.8) misses.push(`${times(uws.perCpuSecond)} uWS per CPU-s`);
-    if (scenario.kind === "echo" && deno?.rate && deno.rate.median < 1) misses.push(`${times(deno.rate)} Deno msgs/s`);
-    if (scenario.kind === "echo" && deno?.p99 && deno.p99.median > 1.2) misses.push(`p99 ${times(deno.p99)} Deno's`);
+    if (deno?.perCpuSecond && deno.perCpuSecond.median < 1) {
+      misses.push(`${times(deno.perCpuSecond)} Deno per CPU-s`);
+    }
+    if (uws?.perCpuSecond && uws.perCpuSecond.median < 0.8) {
+      misses.push(`${times(uws.perCpuSecond)} uWS per CPU-s`);
+    }
+    if (scenario.kind === "echo" && deno?.rate && deno.rate.median < 1) {
+      misses.push(`${times(deno.rate)} Deno msgs/s`);
+    }
+    if (scenario.kind === "echo" && deno?.p99 && deno.p99.median > 1.2) {
+      misses.push(`p99 ${times(deno.p99)} Deno's`);
+    }
     if (misses.length) lines.push(`${scenario.name}: ${misses.join("; ")}`);
   }
   for (const { window, kept } of fanoutScaling(results)) {
@@ -609,18 +760,25 @@ function shortfalls(results: Result[]): string[] {
 
 // What each server keeps of its fan-out deliveries per CPU-second going from 1,000 to 5,000
 // receivers (medians), for each window measured at both.
-function fanoutScaling(results: Result[]): { window: number; kept: Map<string, number> }[] {
+function fanoutScaling(
+  results: Result[],
+): { window: number; kept: Map<string, number> }[] {
   const fanouts = results.filter(({ scenario }) => scenario.kind === "fanout");
-  return fanouts.filter(({ scenario }) => scenario.conns === 1000).flatMap((small) => {
-    const large = fanouts.find(({ scenario }) => scenario.conns === 5000 && scenario.window === small.scenario.window);
-    if (!large) return [];
-    const kept = new Map<string, number>();
-    for (const name of SERVERS) {
-      const a = small.summaries.get(name)?.perCpuSecond?.median, b = large.summaries.get(name)?.perCpuSecond?.median;
-      if (a && b) kept.set(name, b / a);
-    }
-    return [{ window: small.scenario.window, kept }];
-  });
+  return fanouts.filter(({ scenario }) => scenario.conns === 1000).flatMap(
+    (small) => {
+      const large = fanouts.find(({ scenario }) =>
+        scenario.conns === 5000 && scenario.window === small.scenario.window
+      );
+      if (!large) return [];
+      const kept = new Map<string, number>();
+      for (const name of SERVERS) {
+        const a = small.summaries.get(name)?.perCpuSecond?.median,
+          b = large.summaries.get(name)?.perCpuSecond?.median;
+        if (a && b) kept.set(name, b / a);
+      }
+      return [{ window: small.scenario.window, kept }];
+    },
+  );
 }
 
 // ---------------------------------------------------------------- the chart
@@ -629,7 +787,11 @@ const escapeXml = (text: string) => text.replace(/&/g, "&amp;").replace(/</g, "&
 
 // Horizontal bars of ours / reference in messages per server CPU-second, one group per
 // scenario, on a log scale from 1.0 (the line), whiskers from the lowest to the highest run.
-function chart(results: Result[], references: string[], subtitle: string[]): string {
+function chart(
+  results: Result[],
+  references: string[],
+  subtitle: string[],
+): string {
   const colors = ["#3465a4", "#e07b00", "#4e9a06", "#75507b"];
   const label = 330, plot = 500, right = 70, top = 100, bar = 11, gap = 12;
   const group = references.length * bar + gap;
@@ -685,7 +847,9 @@ function chart(results: Result[], references: string[], subtitle: string[]): str
       const r = ratios.get(name)?.perCpuSecond;
       const y = y0 + i * bar;
       if (!r) {
-        out.push(`<text x="${x(1) + 4}" y="${y + bar - 2}" font-size="10" fill="#999">no result</text>`);
+        out.push(
+          `<text x="${x(1) + 4}" y="${y + bar - 2}" font-size="10" fill="#999">no result</text>`,
+        );
         return;
       }
       const a = x(Math.min(1, r.median)), b = x(Math.max(1, r.median));
@@ -709,16 +873,27 @@ function chart(results: Result[], references: string[], subtitle: string[]): str
 async function installNodePackages(): Promise<void> {
   const installed = (name: string) => {
     try {
-      return Deno.statSync(`${HERE}node_modules/${NODE_PACKAGES[name]}/package.json`).isFile;
+      return Deno.statSync(
+        `${HERE}node_modules/${NODE_PACKAGES[name]}/package.json`,
+      ).isFile;
     } catch {
       return false;
     }
   };
   const missing = SERVERS.filter((name) => NODE_PACKAGES[name] && !installed(name));
   if (missing.length === 0) return;
-  console.error(`installing ${missing.map((name) => NODE_PACKAGES[name]).join(", ")} (npm ci in bench/)`);
+  console.error(
+    `installing ${missing.map((name) => NODE_PACKAGES[name]).join(", ")} (npm ci in bench/)`,
+  );
   const install = await new Deno.Command("npm", {
-    args: ["ci", "--prefix", HERE, "--no-audit", "--no-fund", "--ignore-scripts"],
+    args: [
+      "ci",
+      "--prefix",
+      HERE,
+      "--no-audit",
+      "--no-fund",
+      "--ignore-scripts",
+    ],
     stdout: "inherit",
     stderr: "inherit",
   }).output();
@@ -727,12 +902,26 @@ async function installNodePackages(): Promise<void> {
 
 async function main(): Promise<void> {
   for (const name of SERVERS) {
-    if (!COMMANDS[name]) throw new Error(`unknown server '${name}' (ours, deno, uws, ws, floor)`);
+    if (!COMMANDS[name]) {
+      throw new Error(
+        `unknown server '${name}' (ours, deno, uws, ws, floor, base)`,
+      );
+    }
   }
-  if (!SERVERS.includes("ours")) throw new Error("--servers must include ours: every figure is a ratio to it");
+  if (!SERVERS.includes("ours")) {
+    throw new Error(
+      "--servers must include ours: every figure is a ratio to it",
+    );
+  }
   const scenarios = chosenScenarios();
-  if (scenarios.length === 0) throw new Error(`no scenario matches '${flags.scenario}'`);
-  if (!PINNED) console.error("taskset is not available: servers and load are not pinned to separate cores");
+  if (scenarios.length === 0) {
+    throw new Error(`no scenario matches '${flags.scenario}'`);
+  }
+  if (!PINNED) {
+    console.error(
+      "taskset is not available: servers and load are not pinned to separate cores",
+    );
+  }
   await Deno.mkdir(RESULTS, { recursive: true });
   await installNodePackages();
   await buildLoadgen();
@@ -741,7 +930,9 @@ async function main(): Promise<void> {
   const stamp = started.toISOString().replace(/[:.]/g, "-");
   const jsonl = `${RESULTS}load-${stamp}.jsonl`;
   const write = (record: Record<string, unknown>) =>
-    Deno.writeTextFileSync(jsonl, JSON.stringify(record) + "\n", { append: true });
+    Deno.writeTextFileSync(jsonl, JSON.stringify(record) + "\n", {
+      append: true,
+    });
   const loadavg = () => Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
   const meta = {
     type: "meta",
@@ -757,7 +948,9 @@ async function main(): Promise<void> {
     target: Deno.build.target,
     deno: Deno.version.deno,
     node: SERVERS.some((name) => NODE_PACKAGES[name])
-      ? new TextDecoder().decode(new Deno.Command("node", { args: ["--version"] }).outputSync().stdout).trim()
+      ? new TextDecoder().decode(
+        new Deno.Command("node", { args: ["--version"] }).outputSync().stdout,
+      ).trim()
       : undefined,
   };
   write(meta);
@@ -776,7 +969,9 @@ async function main(): Promise<void> {
       // A server that has crashed is started again for the next scenario, and said so.
       for (const [i, server] of servers.entries()) {
         if (await server.exited()) {
-          console.error(`  the ${server.name} server had exited; starting it again`);
+          console.error(
+            `  the ${server.name} server had exited; starting it again`,
+          );
           servers[i] = await Server.start(server.name, files);
         }
       }
@@ -785,10 +980,14 @@ async function main(): Promise<void> {
         list.forEach((run, rep) => write({ type: "run", scenario: scenario.name, server, rep, ...run }));
       }
       const summaries = new Map(
-        [...runs].filter(([, list]) => list.length > 0).map(([name, list]) => [name, summarize(list)]),
+        [...runs].filter(([, list]) => list.length > 0).map((
+          [name, list],
+        ) => [name, summarize(list)]),
       );
       const byReference = new Map(
-        SERVERS.filter((name) => name !== "ours").map((name) => [name, ratios(runs.get("ours")!, runs.get(name)!)]),
+        SERVERS.filter((name) => name !== "ours").map((
+          name,
+        ) => [name, ratios(runs.get("ours")!, runs.get(name)!)]),
       );
       for (const [server, summary] of summaries) {
         write({ type: "summary", scenario: scenario.name, server, ...summary });
@@ -799,7 +998,9 @@ async function main(): Promise<void> {
       results.push({ scenario, summaries, ratios: byReference });
       const rates = SERVERS.map((name) => `${name} ${format(summaries.get(name)?.rate?.median)}/s`).join(", ");
       const perCpu = [...byReference].map(([name, r]) => `ours/${name} ${times(r.perCpuSecond)}`).join(", ");
-      console.error(`[${index + 1}/${scenarios.length}] ${scenario.name}: ${rates}; per CPU-s ${perCpu}`);
+      console.error(
+        `[${index + 1}/${scenarios.length}] ${scenario.name}: ${rates}; per CPU-s ${perCpu}`,
+      );
     }
   } finally {
     for (const server of servers) await server.stop();
@@ -813,7 +1014,9 @@ async function main(): Promise<void> {
     `load average ${meta.loadavg} → ${loadavg()}`,
   ];
   const scaling = fanoutScaling(results);
-  for (const { window, kept } of scaling) write({ type: "fanoutScaling", window, kept: Object.fromEntries(kept) });
+  for (const { window, kept } of scaling) {
+    write({ type: "fanoutScaling", window, kept: Object.fromEntries(kept) });
+  }
   write({ type: "end", seconds: elapsed, loadavg: loadavg() });
   await Deno.copyFile(jsonl, `${RESULTS}latest.jsonl`);
   const references = SERVERS.filter((name) => name !== "ours");
@@ -833,7 +1036,9 @@ async function main(): Promise<void> {
   console.log(`\n${about.join("; ")}`);
   for (const { window, kept } of scaling) {
     const each = [...kept].map(([name, value]) => `${name} ${value.toFixed(2)}×`).join(", ");
-    console.log(`\nFan-out 1000 → 5000 receivers × ${window} in flight, deliveries per CPU-s kept: ${each}`);
+    console.log(
+      `\nFan-out 1000 → 5000 receivers × ${window} in flight, deliveries per CPU-s kept: ${each}`,
+    );
   }
   const misses = shortfalls(results);
   console.log(
