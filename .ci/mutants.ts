@@ -856,8 +856,8 @@ const http: Mutant[] = [
     id: "http.origin-unchecked",
     area: "handshake",
     file: "_http.ts",
-    find: "const allowed = allowedOrigins === undefined ||",
-    replace: "const allowed = true ||",
+    find: "if (!allowed) throw new ProtocolError(`Origin",
+    replace: "if (!allowed && origin === null) throw new ProtocolError(`Origin",
     what: "allowedOrigins is ignored: every origin may connect",
   },
   {
