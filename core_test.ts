@@ -240,6 +240,20 @@ Deno.test("RFC 6455 4.2.1, 4.2.2: bad handshakes get their HTTP status and a clo
   }
 });
 
+Deno.test("RFC 6455 4.2.1: a key of more than 16 bytes and an empty method get 400", () => {
+  const rest = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n";
+  const requests = [
+    `GET / HTTP/1.1\r\n${rest}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZXg=AQ==\r\n\r\n`,
+    `GET / HTTP/1.1\r\n${rest}Sec-WebSocket-Key: AAAAdGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+    ` / HTTP/1.1\r\n${rest}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+  ];
+  for (const request of requests) {
+    const core = makeCore();
+    assertEquals(feed(core, [utf8(request)]), [], request);
+    assertEquals(httpAnswer(drain(core)).status, 400, request);
+  }
+});
+
 Deno.test("RFC 6455 4.2.1: valid handshakes give one upgrade event, at every split", async (t) => {
   const accepted: [string, string, ProtocolOptions?][] = [
     ["the usual request", handshake()],

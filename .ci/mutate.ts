@@ -3,11 +3,16 @@
 // bound, and the mutant is called killed (a test failed: the first one is named),
 // killed by timeout (a test or the run hung), survived, equivalent (declared so, and
 // no test failed) or stale (its `find` no longer occurs exactly once). A mutant first
-// meets its file's own test file and its area's; one that survives them meets the full
-// suite (`deno test -A --doc`) before it is called a survivor. Every test is bounded
-// (.ci/test_timeout.ts) and a failing one is retried once before it counts.
+// meets its own `tests`, else its file's own test file and its area's (type-checked:
+// a mutant that does not type-check is the table's fault); one that survives them meets
+// the rest of the suite (`deno test -A --doc`, without the files it already passed and
+// without a second type check) before it is called a survivor. A declared equivalent
+// meets only its first files unless --full-equivalents: a full-suite run costs about
+// ten first runs. Every test is bounded (.ci/test_timeout.ts) and a failing one is
+// retried once before it counts.
 //
 //   deno task mutate [--filter AREA|ID[,...]] [--jobs N] [--timeout SECONDS] [--list]
+//                    [--full-equivalents]
 //
 // The report goes to stdout and bench/results/mutate.json (mutate-filter.json for a run
 // with --filter, so that it does not replace the full report). The exit status is 0 (an
@@ -61,6 +66,8 @@ Options:
                      full suite, at least 120)
   --list             list the mutants and check that each still applies
   --skip-baseline    do not run the unmutated suite first (needs --timeout)
+  --full-equivalents run declared equivalents on the full suite too, not only on
+                     their first test files
   --help             show this help`;
 
 function fail(message: string): never {
@@ -70,7 +77,7 @@ function fail(message: string): never {
 
 const flags = parseArgs(Deno.args, {
   string: ["filter", "jobs", "timeout"],
-  boolean: ["list", "help", "skip-baseline"],
+  boolean: ["list", "help", "skip-baseline", "full-equivalents"],
   collect: ["filter"],
   unknown: (arg: string) => fail(`unknown argument ${arg}`),
 });
@@ -169,14 +176,24 @@ async function makeScratch(files: string[]): Promise<string> {
 
 // --- One test run ---
 
-// Runs the given test files (none: the full suite with doc tests), stopping at the
-// first failure. A failing test is run once more (--retry 1) before it counts: on a
-// loaded machine a timing test can fail once with no mutant at all, and a mutant that
-// makes a test fail only now and then is better called a survivor than a kill.
-async function runTests(dir: string, testFiles: string[], timeoutSeconds: number): Promise<Run> {
-  const full = testFiles.length === 0;
-  const args = ["-k", "10", `${timeoutSeconds}`, Deno.execPath(), "test", "-A", ...(full ? ["--doc"] : [])];
-  args.push("--fail-fast", "--retry", "1", "--preload", PRELOAD, ...testFiles);
+// Runs the given test files, or the full suite with doc tests but without the files in
+// `skip` (they passed already), stopping at the first failure. The full run of a mutant
+// skips the type check (its first run did it; a check of the whole suite costs about
+// 20 s). A failing test is run once more (--retry 1) before it counts: on a loaded
+// machine a timing test can fail once with no mutant at all, and a mutant that makes a
+// test fail only now and then is better called a survivor than a kill.
+async function runTests(
+  dir: string,
+  what: { files: string[] } | { skip: string[]; check: boolean },
+  timeoutSeconds: number,
+): Promise<Run> {
+  const args = ["-k", "10", `${timeoutSeconds}`, Deno.execPath(), "test", "-A"];
+  if ("files" in what) args.push(...what.files);
+  else {
+    args.push("--doc", ...(what.check ? [] : ["--no-check"]));
+    if (what.skip.length > 0) args.push(`--ignore=${what.skip.join(",")}`);
+  }
+  args.push("--fail-fast", "--retry", "1", "--preload", PRELOAD);
   const started = performance.now();
   const { code, stdout, stderr } = await new Deno.Command("timeout", {
     args,
@@ -272,9 +289,11 @@ async function audit(mutant: Mutant, dir: string, timeoutSeconds: number): Promi
   });
   try {
     const areaTests = firstTests(mutant);
-    const suites: Array<["area" | "full", string[]]> = areaTests.length > 0
-      ? [["area", areaTests], ["full", []]]
-      : [["full", []]];
+    type Step = ["area" | "full", { files: string[] } | { skip: string[]; check: boolean }];
+    const suites: Step[] = areaTests.length > 0 ? [["area", { files: areaTests }]] : [];
+    if (areaTests.length === 0 || !mutant.equivalent || flags["full-equivalents"]) {
+      suites.push(["full", { skip: areaTests, check: areaTests.length === 0 }]);
+    }
     for (const [suite, files] of suites) {
       const run = await runTests(dir, files, timeoutSeconds);
       seconds += run.seconds;
@@ -285,7 +304,8 @@ async function audit(mutant: Mutant, dir: string, timeoutSeconds: number): Promi
         return result({ status: run.timedOut ? "killed-by-timeout" : "killed", killer: run.killer, suite, note });
       }
     }
-    return result({ status: mutant.equivalent ? "equivalent" : "survived", suite: "full", note: mutant.equivalent });
+    const suite = suites.at(-1)![0];
+    return result({ status: mutant.equivalent ? "equivalent" : "survived", suite, note: mutant.equivalent });
   } finally {
     await Deno.writeTextFile(path, source(mutant.file)!);
   }
@@ -305,7 +325,31 @@ function formatSeconds(seconds: number): string {
   return seconds < 120 ? `${seconds.toFixed(0)} s` : `${(seconds / 60).toFixed(1)} min`;
 }
 
+// The run's time foreseen from the last reports (mutate.json, mutate-filter.json): a
+// mutant seen before takes what it took then, another the median of those; with no
+// report, a first run of 15 s and one mutant in ten on the full suite (about 120 s).
+function estimate(mutants: readonly Mutant[]): string {
+  const seen = new Map<string, number>();
+  for (const name of ["mutate.json", "mutate-filter.json"]) {
+    try {
+      const report = JSON.parse(Deno.readTextFileSync(`${RESULTS_DIR}/${name}`));
+      for (const result of report.results as Result[]) {
+        if (result.status !== "stale" && result.status !== "invalid") seen.set(result.id, result.seconds);
+      }
+    } catch {
+      // no such report yet
+    }
+  }
+  const known = mutants.filter((mutant) => seen.has(mutant.id)).map((mutant) => seen.get(mutant.id)!);
+  const sorted = [...known].sort((a, b) => a - b);
+  const typical = sorted.length > 0 ? sorted[Math.floor(sorted.length / 2)] : 15 + 120 / 10;
+  const seconds = (known.reduce((sum, value) => sum + value, 0) + (mutants.length - known.length) * typical) / jobs;
+  return `about ${formatSeconds(seconds)} for ${mutants.length} mutants with --jobs ${jobs}, after the baseline ` +
+    `(${known.length} timed by the last reports, the others at ${formatSeconds(typical)} each)`;
+}
+
 const started = performance.now();
+console.log(`estimate: ${estimate(selected)}`);
 const files = await repositoryFiles();
 const scratch: string[] = [];
 const removeScratch = () => {
@@ -328,7 +372,7 @@ try {
   scratch.push(await makeScratch(files));
   if (!flags["skip-baseline"]) {
     console.log("baseline: the unmutated full suite ...");
-    const run = await runTests(scratch[0], [], timeoutFlag ?? 1800);
+    const run = await runTests(scratch[0], { skip: [], check: true }, timeoutFlag ?? 1800);
     baselineSeconds = run.seconds;
     if (run.failed) {
       console.error(`error: the unmutated suite fails (${run.invalid ?? run.killer}); fix it before auditing`);
