@@ -172,6 +172,12 @@ Deno.test("negotiation: the first offer that can be honoured, answered with exac
       shared,
       "permessage-deflate",
     ],
+    [
+      "a repeated window, then a bare offer",
+      "permessage-deflate; server_max_window_bits=10; server_max_window_bits=10, permessage-deflate",
+      shared,
+      "permessage-deflate",
+    ],
     ["a no_context_takeover with a value", "permessage-deflate; server_no_context_takeover=1", undefined, undefined],
     ["server_max_window_bits without a value", "permessage-deflate; server_max_window_bits", undefined, undefined],
     [
