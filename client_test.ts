@@ -938,6 +938,7 @@ Deno.test("raw: silence rejects after handshakeTimeout (300 ms), before the head
         const error = await assertRejects(() => connect(server.url, { handshakeTimeout: 300 }), ProtocolError);
         const elapsed = performance.now() - start;
         assertMatch(error.message, /300 ms/);
+        assertEquals(error.code, "WS_ERR_HANDSHAKE_TIMEOUT");
         assert(elapsed >= 290 && elapsed < 2000, `rejected after ${elapsed.toFixed(0)} ms`);
         assert((await ended.next("the server to see the end")) - start < 2000, "TCP closed late");
       });

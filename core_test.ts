@@ -1527,3 +1527,56 @@ Deno.test("receiveData returns when a peer sends 100 KiB before the handshake is
   });
   assert(result === "returned" || result.startsWith("threw"), result);
 });
+
+// ---------------------------------------------------------------- the client role (RFC 6455 4.1, 5.1, 5.3)
+
+const SWITCHING = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+  `Sec-WebSocket-Accept: ${ACCEPT}\r\n`;
+
+/** A client core whose request is sent, fed `answer` (a head without its blank line, then `after`). */
+function clientCore(answer: string, protocols: string[] = [], after: Uint8Array = new Uint8Array(0)): Core {
+  const core = new Core(resolveOptions({}), "client");
+  core.connect(utf8("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), ACCEPT, protocols);
+  assertEquals(new TextDecoder().decode(drain(core)), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  core.receiveData(concat(utf8(`${answer}\r\n`), after));
+  return core;
+}
+
+Deno.test("client role: only a client core connects; the answer is checked, and a refused one gets no reply", () => {
+  let thrown: unknown;
+  try {
+    makeCore().connect(utf8("GET / HTTP/1.1\r\n\r\n"), ACCEPT, []);
+  } catch (error) {
+    thrown = error;
+  }
+  assert(thrown instanceof Error && /^connect\(\) on a connecting server core$/.test(thrown.message), `${thrown}`);
+
+  const chosen = clientCore(`${SWITCHING}Sec-WebSocket-Protocol: chat\r\n`, ["superchat", "chat"]);
+  assertEquals([chosen.state, chosen.opened, chosen.protocol], ["open", true, "chat"]);
+
+  // A header line without a colon (RFC 7230 3.2: name ":" value).
+  const refused = clientCore(`${SWITCHING}X-No-Colon\r\n`);
+  assertEquals([refused.state, refused.opened, refused.handshakeError?.code], ["closed", false, "WS_ERR_HANDSHAKE"]);
+  assertEquals(drain(refused).length, 0, "a client answers a refused 101 with nothing, not an HTTP response");
+});
+
+Deno.test("client role: every frame is masked and its own; a masked server frame fails with a masked 1002", () => {
+  const core = clientCore(SWITCHING, [], encodeFrame(Opcode.Ping, "are you there"));
+  assertEquals(core.state, "open");
+  const frames = [core.encode("one"), core.encode("one")].map((frame) => frame as Uint8Array);
+  const decoded = frames.map((frame) => Frame.decode(frame, { masked: true })!);
+  assertEquals(decoded.map((frame) => new TextDecoder().decode(frame.payload)), ["one", "one"]);
+  // A broadcast may not hand one masked frame (and its key) to several client connections.
+  assertEquals(core.shareKey("one"), undefined);
+  assert(core.send(frames[0]));
+  // The pong answering the server's ping, then the data frame, all masked.
+  const sent = drain(core);
+  const pong = Frame.decode(sent, { masked: true })!;
+  assertEquals([pong.opcode, new TextDecoder().decode(pong.payload)], [Opcode.Pong, "are you there"]);
+  assertEquals(Frame.decode(sent.subarray(pong.length()), { masked: true })?.opcode, Opcode.Text);
+  core.receiveData(encodeFrame(Opcode.Text, "masked", { maskKey: MASK }));
+  assertEquals(core.takeEvents().filter((event) => event.type === "message"), []);
+  const close = Frame.decode(drain(core), { masked: true })!;
+  assertEquals([close.opcode, decodeClosePayload(close.payload).code], [Opcode.Close, 1002]);
+  assertEquals(core.state, "closed");
+});

@@ -174,6 +174,12 @@ Deno.test("negotiation: the first offer that can be honoured, answered with exac
       shared,
       "permessage-deflate",
     ],
+    [
+      "a repeated window, then a bare offer",
+      "permessage-deflate; server_max_window_bits=10; server_max_window_bits=10, permessage-deflate",
+      shared,
+      "permessage-deflate",
+    ],
     ["a no_context_takeover with a value", "permessage-deflate; server_no_context_takeover=1", undefined, undefined],
     ["server_max_window_bits without a value", "permessage-deflate; server_max_window_bits", undefined, undefined],
     [
@@ -221,6 +227,7 @@ Deno.test("handshake: the 101 carries the answer; no offer, or compression off, 
 
 Deno.test("compression options are checked", () => {
   assertThrows(() => resolveOptions({ compression: { level: 10 } }), RangeError, "compression.level");
+  assertThrows(() => resolveOptions({ compression: { level: -1 } }), RangeError, "compression.level");
   assertThrows(() => resolveOptions({ compression: { threshold: -1 } }), RangeError, "compression.threshold");
   // deno-lint-ignore no-explicit-any
   assertThrows(() => resolveOptions({ compression: { mode: "always" as any } }), RangeError, "compression.mode");
@@ -367,6 +374,63 @@ Deno.test("sending: the threshold, incompressible data, and large messages", () 
   assertEquals(flatten(own.encode(random))[0], 0xc2);
 });
 
+Deno.test("sending: an empty message goes uncompressed, even with threshold 0 and a window", () => {
+  const { core } = open("permessage-deflate", { mode: "context-takeover", threshold: 0 });
+  assertEquals(flatten(core.encode("")), hex("81 00"));
+  assertEquals(flatten(core.encode(new Uint8Array(0))), hex("82 00"));
+});
+
+Deno.test("sending: compressed frames queued before any is written keep their own bytes", () => {
+  // Incompressible: the compressed payloads (over 4 KiB) are as long as the messages.
+  const { core } = open("permessage-deflate", { mode: "context-takeover" });
+  const first = crypto.getRandomValues(new Uint8Array(10_000));
+  const second = crypto.getRandomValues(new Uint8Array(10_000));
+  const frames = [core.encode(first), core.encode(second)].map(flatten);
+  const payload = new Frame(frames[0], { masked: false, rsv1: true }).payload;
+  assert(payload.length >= 4096, `${payload.length} bytes`);
+  assertEquals(inflate(payload), first);
+});
+
+// Hex text of random bytes, twice: the second copy is 1,200 bytes back, past a 512-byte window.
+function repeatedAtDistance(): Uint8Array {
+  const random = crypto.getRandomValues(new Uint8Array(600));
+  const text = Array.from(random, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  return encoder.encode(text + text);
+}
+
+Deno.test("sending: server_max_window_bits=9 is honoured: what is sent inflates with a 512-byte window", () => {
+  const data = repeatedAtDistance();
+  for (const mode of ["no-context-takeover", "context-takeover"] as const) {
+    // A connection with the default window compresses first, so that its compressor exists.
+    const wide = open("permessage-deflate", { mode }).core;
+    const widePayload = new Frame(flatten(wide.encode(data)), { masked: false, rsv1: true }).payload;
+    const { core, extensions } = open("permessage-deflate; server_max_window_bits=9", { mode });
+    assertStringIncludes(extensions ?? "", "server_max_window_bits=9");
+    const frame = new Frame(flatten(core.encode(data)), { masked: false, rsv1: true });
+    assert(frame.rsv1, mode);
+    // 64-byte output pieces: a distance past the window cannot be served from the output buffer.
+    const inflated = inflateRawSync(concat([frame.payload, TAIL]), {
+      windowBits: 9,
+      chunkSize: 64,
+      finishFlush: constants.Z_SYNC_FLUSH,
+    });
+    assertEquals(new Uint8Array(inflated), data, mode);
+    // The wide window did find the repeat.
+    assert(widePayload.length < frame.payload.length * 0.7, `${widePayload.length} vs ${frame.payload.length}`);
+  }
+});
+
+Deno.test("sending: compression.level applies to the compressor shared by connections", () => {
+  const data = jsonLike(20_000);
+  const payloads = [1, 9].map((level) => {
+    const { core } = open("permessage-deflate", { level });
+    const frame = new Frame(flatten(core.encode(data)), { masked: false, rsv1: true });
+    assertEquals(inflate(frame.payload), data);
+    return frame.payload.length;
+  });
+  assert(payloads[0] > payloads[1], `level 1: ${payloads[0]} bytes, level 9: ${payloads[1]}`);
+});
+
 // ---------------------------------------------------------------- RSV1 misuse, bad data
 
 Deno.test("decodeHeader: RSV1 only with the option, and only on a data message's first frame", async (t) => {
@@ -487,6 +551,39 @@ Deno.test("inflated size against maxPayload: exactly the limit passes, one byte 
   core.receiveData(clientFrame(Opcode.Binary, compress(data)));
   assertEquals(messages(core), []);
   assertEquals(closeSent(core).code, CloseCode.MessageTooBig);
+});
+
+Deno.test("inflation hands out at most 64 KiB at a time", () => {
+  const stream = new ZlibStream("inflate");
+  const pieces: number[] = [];
+  stream.inflate(concat([compress(new Uint8Array(1024 * 1024)), TAIL]), (piece) => pieces.push(piece.length));
+  stream.close();
+  assertEquals(pieces.reduce((sum, length) => sum + length, 0), 1024 * 1024);
+  assert(pieces.every((length) => length <= 64 * 1024), `pieces of ${Math.max(...pieces)} bytes`);
+});
+
+// ---------------------------------------------------------------- the inflater pool
+
+Deno.test("pool: connections taking turns mid-message never share an inflater (no client context takeover)", () => {
+  const a = open("permessage-deflate").core;
+  const b = open("permessage-deflate").core;
+  a.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00")));
+  b.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd"), { fin: false }));
+  a.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00")));
+  b.receiveData(clientFrame(Opcode.Continuation, hex("c9 c9 07 00"), { rsv1: false }));
+  assertEquals([messages(a), messages(b)], [["Hello", "Hello"], ["Hello"]]);
+  assertEquals([a.state, b.state], ["open", "open"]);
+});
+
+Deno.test("pool: an inflater that failed is not lent to the next connection", () => {
+  const failed = open("permessage-deflate").core;
+  failed.receiveData(clientFrame(Opcode.Binary, hex("ff ff ff ff")));
+  assertEquals(closeSent(failed).code, CloseCode.InvalidPayload);
+  failed.release();
+  const next = open("permessage-deflate").core;
+  next.receiveData(clientFrame(Opcode.Text, hex("f2 48 cd c9 c9 07 00")));
+  assertEquals(messages(next), ["Hello"]);
+  assertEquals(next.state, "open");
 });
 
 // ---------------------------------------------------------------- broadcast, over loopback

@@ -276,3 +276,92 @@ Deno.test({
     assertStringIncludes(output.stderr, `error: cannot reach Redis at redis://127.0.0.1:${port}`);
   },
 });
+
+// One command over a raw RESP connection; resolves with the start of the answer.
+async function redisCommand(port: number, ...args: string[]): Promise<string> {
+  const encoder = new TextEncoder();
+  const request = `*${args.length}\r\n` + args.map((arg) => `$${encoder.encode(arg).length}\r\n${arg}\r\n`).join("");
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await conn.write(encoder.encode(request));
+    const answer = new Uint8Array(256);
+    const count = await conn.read(answer);
+    return new TextDecoder().decode(answer.subarray(0, count ?? 0));
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test({
+  name: "RedisBus: a packet flushed just after the loss is counted unsent and never delivered late (at most once)",
+  ...REDIS_TEST,
+  async fn() {
+    const redis = await RedisServer.start();
+    const a = await RedisBus.connect(redis.url);
+    const b = await RedisBus.connect(redis.url);
+    try {
+      const got: (string | Uint8Array)[] = [];
+      b.listen((_topic, msg) => got.push(msg));
+      await redis.kill();
+      await until(() => !a.stats.connected, "the loss");
+      // What a publish's packet meets when it is flushed after the connection dropped and
+      // before the bus noticed: node-redis refuses it at once instead of queueing it.
+      const packet = encodeBusPacket({ origin: crypto.randomUUID(), messages: [{ topic: "t", msg: "raced" }] });
+      const before = { ...a.stats };
+      (a as unknown as { send(bytes: Uint8Array, count: number): void }).send(packet, 1);
+      await until(() => a.stats.unsent === before.unsent + 1, "the refused packet to be counted unsent");
+      assertEquals(a.stats.published, before.published - 1);
+      await redis.restart();
+      await until(() => a.stats.connected && b.stats.connected, "both buses to reconnect");
+      a.publish("t", "after");
+      await until(() => got.length > 0, "the message after the restart");
+      assertEquals(got, ["after"]);
+    } finally {
+      await a.close();
+      await b.close();
+      await redis.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "RedisBus: after a 2 s outage it reconnects within maxReconnectDelay, past its connectTimeout",
+  ...REDIS_TEST,
+  async fn() {
+    const redis = await RedisServer.start();
+    const bus = await RedisBus.connect(redis.url, { maxReconnectDelay: 100, connectTimeout: 1000 });
+    try {
+      await redis.kill();
+      await until(() => !bus.stats.connected, "the loss");
+      // Long enough for an unbounded backoff to wait over a second between tries, and past
+      // connectTimeout, which bounds only the first connection.
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      await redis.restart();
+      const resumed = await until(() => bus.stats.connected, "the reconnect");
+      assert(resumed < 700, `reconnected ${resumed} ms after Redis came back`);
+      assertEquals(bus.stats.reconnects, 1);
+    } finally {
+      await bus.close();
+      await redis.stop();
+    }
+  },
+});
+
+Deno.test({
+  name: "RedisBus: its subscriber's connection lost alone is a loss, and its return a reconnect",
+  ...REDIS_TEST,
+  async fn() {
+    const redis = await RedisServer.start();
+    const lines: string[] = [];
+    const bus = await RedisBus.connect(redis.url, { log: (line) => lines.push(line) });
+    try {
+      assertMatch(await redisCommand(redis.port, "CLIENT", "KILL", "TYPE", "pubsub"), /^:1\r\n/);
+      await until(() => bus.stats.reconnects === 1, "the subscriber to reconnect");
+      assertEquals(bus.stats.connected, true);
+      assertMatch(lines.join("\n"), /lost Redis at .*; reconnecting\n.*connected to Redis at .* again/);
+    } finally {
+      await bus.close();
+      await redis.stop();
+    }
+  },
+});

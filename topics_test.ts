@@ -197,3 +197,33 @@ Deno.test("topics: byteLength counts UTF-8 bytes without a full copy", () => {
   assertEquals(byteLength(split), 65_535 + 4);
   assertEquals(byteLength(new Uint8Array(7)), 7);
 });
+
+Deno.test("topics: includeSelf gives the publisher its copy only when it is subscribed", async () => {
+  const { open } = await openUsers(2);
+  const [alice, bob] = open;
+  try {
+    bob.handler.subscribe("red");
+    assertEquals(alice.handler.publish("red", "not subscribed", { includeSelf: true }), 1);
+    alice.handler.subscribe("red");
+    assertEquals(alice.handler.publish("red", "subscribed", { includeSelf: true }), 2);
+    assertEquals(await alice.conn.received(1), ["subscribed"]);
+    assertEquals(await bob.conn.received(2), ["not subscribed", "subscribed"]);
+  } finally {
+    await closeAll(open);
+  }
+});
+
+Deno.test("topics: a subscriber whose connection is not open yet is neither a recipient nor a drop", async () => {
+  const { users, open } = await openUsers(1);
+  try {
+    const connecting = new Protocol(users, OPTIONS);
+    connecting.subscribe("red");
+    open[0].handler.subscribe("red");
+    const registry = existingRegistry<Protocol>(users)!;
+    assertEquals(Protocol.publish(users, "red", "to the open one"), 1);
+    assertEquals(registry.stats, { delivered: 1, dropped: 0 });
+    assertEquals(await open[0].conn.received(1), ["to the open one"]);
+  } finally {
+    await closeAll(open);
+  }
+});
