@@ -1536,7 +1536,7 @@ const SWITCHING = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nCon
 /** A client core whose request is sent, fed `answer` (a head without its blank line, then `after`). */
 function clientCore(answer: string, protocols: string[] = [], after: Uint8Array = new Uint8Array(0)): Core {
   const core = new Core(resolveOptions({}), "client");
-  core.connect(utf8("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), ACCEPT, protocols);
+  core.connect(utf8("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), { accept: ACCEPT, protocols, extensions: false });
   assertEquals(new TextDecoder().decode(drain(core)), "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
   core.receiveData(concat(utf8(`${answer}\r\n`), after));
   return core;
@@ -1545,7 +1545,7 @@ function clientCore(answer: string, protocols: string[] = [], after: Uint8Array 
 Deno.test("client role: only a client core connects; the answer is checked, and a refused one gets no reply", () => {
   let thrown: unknown;
   try {
-    makeCore().connect(utf8("GET / HTTP/1.1\r\n\r\n"), ACCEPT, []);
+    makeCore().connect(utf8("GET / HTTP/1.1\r\n\r\n"), { accept: ACCEPT, protocols: [], extensions: false });
   } catch (error) {
     thrown = error;
   }
