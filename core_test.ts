@@ -877,12 +877,16 @@ Deno.test("large text frames read at once on two connections do not share a payl
 Deno.test("a large binary message handed to the user is not reused for the next large text", () => {
   // Take the spare buffer, if any, so that the binary's buffer would be the next one.
   const holder = largeFrameStarted(Opcode.Text, 1100);
-  const payload = new Uint8Array(2 * MiB).map((_, i) => i * 31);
+  // 256 KiB and a frame header's 14 bytes: the size of a buffer of the long-text pool,
+  // which a text of 256 KiB would take next if the binary's were given to it.
+  const payload = new Uint8Array(256 * KiB + 14).map((_, i) => i * 31);
   const events = feed(openCore(), [concat(clientHeader(Opcode.Binary, payload.length), maskedPayload(payload))]);
   const binary = binaryMessage(events[0]);
   assertSameBytes(binary, payload);
-  const text = "t".repeat(MiB);
-  assertEquals(feed(openCore(), [clientFrame(Opcode.Text, text)]), [{ type: "message", data: text }]);
+  for (const size of [256 * KiB, MiB]) {
+    const text = "t".repeat(size);
+    assertEquals(feed(openCore(), [clientFrame(Opcode.Text, text)]), [{ type: "message", data: text }]);
+  }
   assertSameBytes(binary, payload);
   holder.release();
 });
