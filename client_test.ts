@@ -351,7 +351,7 @@ const opensslMissing = peerMissing(() =>
   new Deno.Command("openssl", { args: ["version"], stdout: "null", stderr: "null" }).outputSync().success
 );
 
-/** A throwaway self-signed certificate for localhost and 127.0.0.1. */
+/** A throwaway self-signed certificate for localhost, 127.0.0.1 and ::1. */
 async function selfSigned(dir: string, name: string): Promise<{ cert: string; key: string }> {
   const certFile = `${dir}/${name}.pem`;
   const keyFile = `${dir}/${name}.key`;
@@ -359,7 +359,12 @@ async function selfSigned(dir: string, name: string): Promise<{ cert: string; ke
     args: [
       ...["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"],
       ...["-keyout", keyFile, "-out", certFile, "-subj", "/CN=localhost"],
-      ...["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"],
+      ...[
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+      ],
     ],
     stdout: "null",
     stderr: "piped",
@@ -392,6 +397,23 @@ Deno.test({
           client.close();
           await within(client.disconnected.promise, 2000, "the close");
           assertEquals(client.closeCode, 1000);
+        });
+        await t.step("wss://[::1]: an IPv6 literal is dialled and verified without its brackets", async () => {
+          const v6 = Deno.serve({ hostname: "::1", port: 0, onListen() {}, ...tls }, (request) => {
+            const { socket, response } = Deno.upgradeWebSocket(request);
+            socket.onmessage = ({ data }) => socket.send(data);
+            return response;
+          });
+          try {
+            const client = await connect(`wss://[::1]:${v6.addr.port}/`, { caCerts: [tls.cert] });
+            clients.push(client);
+            await client.sendMessage("over IPv6");
+            assertEquals(await client.received(1), ["over IPv6"]);
+            client.close();
+            await within(client.disconnected.promise, 2000, "the close");
+          } finally {
+            await within(v6.shutdown(), TIMEOUT, "Deno.serve on ::1 to stop");
+          }
         });
         const untrusted: [string, ClientOptions][] = [
           ["without caCerts", {}],
