@@ -35,6 +35,13 @@ Deno.test("bus wire format: the bytes of a packet of a text and a binary message
   assertEquals(bytes.buffer.byteLength, bytes.length); // a buffer of its own
 });
 
+Deno.test("bus wire format: a message of an empty topic and an empty text is its 7-byte head alone", () => {
+  const bytes = encodeBusPacket({ origin: ORIGIN, messages: [{ topic: "", msg: "" }] });
+  assertEquals([...bytes.subarray(17)], [1, 0, 0, 0, 0, 0, 0]);
+  assertEquals(bytes.length, 24);
+  assertEquals(decodeBusPacket(bytes), { origin: ORIGIN, messages: [{ topic: "", msg: "" }] });
+});
+
 Deno.test("bus wire format: round trips keep text, binary, empty and large messages, in order", () => {
   const large = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 7) % 256);
   const messages = [
@@ -42,6 +49,9 @@ Deno.test("bus wire format: round trips keep text, binary, empty and large messa
     { topic: "/", msg: new Uint8Array(0) },
     { topic: "/lobby", msg: "\uFEFFleading BOM kept, 😀" },
     { topic: "t".repeat(65_535), msg: large },
+    // A head and nothing else, last in the packet.
+    { topic: "", msg: "" },
+    { topic: "", msg: new Uint8Array(0) },
   ];
   for (const message of messages) {
     assertEquals(decodeBusPacket(encodeBusPacket({ origin: ORIGIN, messages: [message] })).messages, [message]);

@@ -1584,3 +1584,26 @@ Deno.test("client role: every frame is masked and its own; a masked server frame
   assertEquals([close.opcode, decodeClosePayload(close.payload).code], [Opcode.Close, 1002]);
   assertEquals(core.state, "closed");
 });
+
+Deno.test("RFC 7230 3.1.2, RFC 6585 5: refusals are HTTP/1.1 answers with their reason phrase, byte for byte", () => {
+  const answers: [string, ProtocolOptions, string][] = [
+    [
+      handshake({ "X-A": "1", "X-B": "2" }),
+      { maxHeaders: 6 },
+      "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 25\r\n" +
+      "content-type: text/plain; charset=utf-8\r\n\r\nMore than 6 header fields",
+    ],
+    // RFC 7230 3.1.1: a request line is exactly method SP target SP version.
+    [
+      handshake().replace(" HTTP/1.1\r\n", " HTTP/1.1 extra\r\n"),
+      {},
+      "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 22\r\n" +
+      "content-type: text/plain; charset=utf-8\r\n\r\nMalformed request line",
+    ],
+  ];
+  for (const [request, options, answer] of answers) {
+    const core = makeCore(options);
+    assertEquals(feed(core, [utf8(request)]), []);
+    assertEquals(new TextDecoder().decode(drain(core)), answer);
+  }
+});

@@ -4,9 +4,11 @@ import { FrameError } from "./errors.ts";
 import {
   applyMask,
   decodeClosePayload,
+  decodeHeader,
   decodeText,
   encodeClosePayload,
   encodeFrame,
+  encodeHeader,
   Frame,
   isValidCloseCode,
   Opcode,
@@ -165,6 +167,44 @@ Deno.test("incomplete frames: decode returns null for every prefix, the construc
   }
 });
 
+Deno.test("RFC 6455 5.2: decodeHeader waits for every byte of a 16-bit length, a 64-bit length and a mask key", () => {
+  const headers = [
+    hex("81 7e 00 7e"), // 126 bytes, 16-bit length
+    hex("82 7f 00 00 00 00 00 01 00 00"), // 65536 bytes, 64-bit length
+    hex("81 fe 00 7e 37 fa 21 3d"), // 126 bytes, 16-bit length, masked
+    hex("82 ff 00 00 00 00 00 01 00 00 37 fa 21 3d"), // 65536 bytes, 64-bit length, masked
+  ];
+  for (const header of headers) {
+    for (let cut = 0; cut < header.length; cut++) {
+      assertEquals(decodeHeader(header.subarray(0, cut)), null, `prefix of ${cut} of ${header.length} bytes`);
+    }
+    assertEquals(decodeHeader(header)?.headerLength, header.length);
+  }
+  assertEquals(headers.map((header) => decodeHeader(header)?.payloadLength), [126, 65536, 126, 65536]);
+});
+
+Deno.test("fin: false clears FIN in encodeHeader and in a text over 16 Ki characters", () => {
+  assertEquals(encodeHeader(Opcode.Binary, 5, { fin: false }), hex("02 05"));
+  assertEquals(encodeHeader(Opcode.Binary, 5), hex("82 05"));
+  const long = "x".repeat(16_385);
+  const frame = encodeFrame(Opcode.Text, long, { fin: false });
+  assertEquals(frame.subarray(0, 4), hex("01 7e 40 01"));
+  assertEquals(encodeFrame(Opcode.Text, long).subarray(0, 4), hex("81 7e 40 01"));
+});
+
+Deno.test("RFC 6455 5.2: encodeHeader writes a length of 4 GiB and more in all 64 bits", () => {
+  assertEquals(encodeHeader(Opcode.Binary, 2 ** 32 + 5), hex("82 7f 00 00 00 01 00 00 00 05"));
+  assertEquals(encodeHeader(Opcode.Binary, 2 ** 40), hex("82 7f 00 00 01 00 00 00 00 00"));
+});
+
+Deno.test("encodeFrame: 16 Ki characters of 3-byte UTF-8 fit the scratch buffer whole", () => {
+  const text = "\u20ac".repeat(16_384);
+  const frame = encodeFrame(Opcode.Text, text);
+  assertEquals(frame.subarray(0, 4), hex("81 7e c0 00"));
+  assertEquals(frame.length, 4 + 3 * 16_384);
+  assertEquals(new Frame(frame).message(), text);
+});
+
 Deno.test("message(): text is decoded strictly, other frames give bytes", () => {
   assertFrameError(() => new Frame(hex("81 02 c3 28")).message(), 1007, "WS_ERR_INVALID_UTF8");
   assertEquals(new Frame(hex("82 02 c3 28")).message(), hex("c3 28"));
@@ -208,6 +248,8 @@ Deno.test("RFC 6455 5.5.1, 7.4: close payloads and close codes", () => {
   assertEquals(decodeClosePayload(encodeClosePayload(1000, "bye")), { code: 1000, reason: "bye" });
   assertEquals(encodeClosePayload(), new Uint8Array(0));
   assertFrameError(() => decodeClosePayload(hex("03")), 1002, "WS_ERR_INVALID_CLOSE_PAYLOAD");
+  // 0x0f alone must not be read as 0x0f00 = 3840, a valid code (RFC 6455 5.5.1: 2 bytes or none).
+  assertFrameError(() => decodeClosePayload(hex("0f")), 1002, "WS_ERR_INVALID_CLOSE_PAYLOAD");
   assertFrameError(() => decodeClosePayload(hex("03 e8 c3 28")), 1007, "WS_ERR_INVALID_UTF8");
   for (const code of [0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535]) {
     assertEquals(isValidCloseCode(code), false, `${code}`);

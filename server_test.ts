@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
+import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "@std/assert";
 import WsClient from "ws";
 import { Opcode } from "./frame.ts";
 import { parseServerArgs, startServer } from "./server.ts";
@@ -404,5 +404,88 @@ Deno.test("chat page: GET / and room paths are the page, file paths 404, other m
   } finally {
     await server.shutdown();
     await plain.shutdown();
+  }
+});
+
+// ---------------------------------------------------------------- options and flags, in process
+
+/** Opens a client on `port`, sends `text`, reads its echo and closes cleanly. */
+async function echoOnce(port: number, text: string): Promise<void> {
+  const client = await RawClient.open(port);
+  try {
+    await client.send(Opcode.Text, text);
+    assertEquals((await client.readFrame())?.message(), text);
+    await client.sendClose(1000);
+    assertEquals((await client.readUntilClose()).code, 1000);
+    await client.expectEnd();
+  } finally {
+    client.close();
+  }
+}
+
+Deno.test("startServer: events are logged, messages only with verbose: true, nothing with quiet: true", async () => {
+  const logs: Record<string, string[]> = { plain: [], verbose: [], quiet: [] };
+  const options = { port: 0, hostname: "127.0.0.1" };
+  const servers = {
+    plain: startServer({ ...options, log: (line) => logs.plain.push(line) }),
+    verbose: startServer({ ...options, verbose: true, log: (line) => logs.verbose.push(line) }),
+    quiet: startServer({ ...options, quiet: true, verbose: true, log: (line) => logs.quiet.push(line) }),
+  };
+  try {
+    for (const [name, server] of Object.entries(servers)) await echoOnce(server.addr.port, `to ${name}`);
+  } finally {
+    for (const server of Object.values(servers)) await server.shutdown();
+  }
+  const kinds = (lines: string[]) => lines.map((line) => line.split(" ")[0]);
+  assertEquals(kinds(logs.plain), ["[HANDSHAKE]", "[CONNECTION]", "[DISCONNECTION]"]);
+  assertEquals(kinds(logs.verbose), ["[HANDSHAKE]", "[CONNECTION]", "[MESSAGE]", "[DISCONNECTION]"]);
+  assertStringIncludes(logs.verbose[2], "to 1 users: to verbose");
+  assertEquals(logs.quiet, []);
+});
+
+Deno.test("startServer: without a hostname it listens on every IPv4 address, 0.0.0.0", async () => {
+  const server = startServer({ port: 0, quiet: true });
+  try {
+    assertEquals(server.addr.hostname, "0.0.0.0");
+    await echoOnce(server.addr.port, "over loopback");
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("startServer: /metrics answers GET and refuses other methods with 405 and Allow: GET", async () => {
+  const server = startServer({ port: 0, hostname: "127.0.0.1", quiet: true, metrics: true });
+  try {
+    const url = `http://127.0.0.1:${server.addr.port}/metrics`;
+    const signal = AbortSignal.timeout(TIMEOUT);
+    const get = await fetch(url, { signal });
+    assertEquals(get.status, 200);
+    await get.body?.cancel();
+    const post = await fetch(url, { method: "POST", body: "x", signal });
+    assertEquals([post.status, post.headers.get("allow")], [405, "GET"]);
+    await post.body?.cancel();
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("CLI: integers are decimal digits only; --max-connections sets maxConnections", () => {
+  for (const text of ["1e3", "0x10", "12.5", "", " 80", "+80", "-1"]) {
+    assertThrows(() => parseServerArgs([`--max-connections=${text}`]), Error, "--max-connections must be an integer");
+    assertThrows(() => parseServerArgs([`--workers=${text}`]), Error, "--workers must be an integer");
+  }
+  const options = parseServerArgs(["--max-connections", "5"]);
+  assertEquals([options?.maxConnections, options?.maxPayload], [5, undefined]);
+  assertEquals(parseServerArgs(["--max-payload", "007"])?.maxPayload, 7);
+});
+
+Deno.test("CLI: a port in use exits 1, not 2 (the usage error)", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const { code, stderr } = await runServer(String(taken.addr.port), "--hostname", "127.0.0.1", "--quiet");
+    assertEquals(code, 1, stderr);
+    assertStringIncludes(stderr, "cannot listen");
+  } finally {
+    taken.close();
   }
 });
