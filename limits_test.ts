@@ -389,15 +389,17 @@ Deno.test("heartbeat: idleTimeout 0 keeps a silent peer connected while pings go
 
 Deno.test("heartbeat: pingInterval 0 sends no pings while idleTimeout still closes with 1001", () =>
   withClient(async (client) => {
-    // Busy for over two idle periods: the idle check runs, and must not ping.
-    for (let i = 0; i < 12; i++) {
+    // Busy for over two idle periods: the idle check runs, and must not ping. A frame
+    // every 50 ms against a 1 s idleTimeout: margin for a loaded machine (100 ms against
+    // 500 ms failed once in CI while a mutation audit shared both cores).
+    for (let i = 0; i < 45; i++) {
       await client.send(Opcode.Text, `busy ${i}`);
-      await sleep(100);
+      await sleep(50);
     }
-    const close = await within(client.readUntilClose(), 3000, "the idle close");
+    const close = await within(client.readUntilClose(), 5000, "the idle close");
     assertEquals(close.code, 1001);
     assertEquals(close.before.map((frame) => frame.opcode), []);
-  }, { pingInterval: 0, idleTimeout: 500, closeTimeout: 200 }));
+  }, { pingInterval: 0, idleTimeout: 1000, closeTimeout: 200 }));
 
 Deno.test("maxBackpressure: the queue fills exactly to the limit; the next message meets the policy", async (t) => {
   const frameLength = MESSAGE.length + 10; // a 64-bit length header
