@@ -3334,8 +3334,8 @@ const topics: Mutant[] = [
     id: "topics.include-self-ignored",
     area: "broadcast/topics",
     file: "_topics.ts",
-    find: "if (includeSender && sender !== undefined",
-    replace: "if (false && sender !== undefined",
+    find: "    recipients.open++;\n    yield sender;\n",
+    replace: "",
     what: "includeSelf does not deliver to the publisher",
   },
   {
