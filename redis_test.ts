@@ -32,14 +32,28 @@ async function until(condition: () => boolean | Promise<boolean>, what: string, 
   return Date.now() - start;
 }
 
+// A redis-server and two buses on it, `a` with `options`; all stopped after `body`.
+async function withTwoBuses(
+  options: Parameters<typeof RedisBus.connect>[1],
+  body: (redis: RedisServer, a: RedisBus, b: RedisBus) => Promise<void>,
+): Promise<void> {
+  const redis = await RedisServer.start();
+  const a = await RedisBus.connect(redis.url, options);
+  const b = await RedisBus.connect(redis.url);
+  try {
+    await body(redis, a, b);
+  } finally {
+    await a.close();
+    await b.close();
+    await redis.stop();
+  }
+}
+
 Deno.test({
   name: "RedisBus: two buses deliver both ways, drop their own, keep text and binary, count undecodable messages",
   ...REDIS_TEST,
   async fn() {
-    const redis = await RedisServer.start();
-    const a = await RedisBus.connect(redis.url);
-    const b = await RedisBus.connect(redis.url);
-    try {
+    await withTwoBuses({}, async (redis, a, b) => {
       const gotA: [string, string | Uint8Array][] = [];
       const gotB: [string, string | Uint8Array][] = [];
       a.listen((topic, msg) => gotA.push([topic, msg]));
@@ -60,11 +74,7 @@ Deno.test({
       await until(() => a.stats.undecodable === 2 && b.stats.undecodable === 2, "the undecodable counts");
       assertEquals([a.stats.published, a.stats.received, b.stats.published, b.stats.received], [2, 1, 1, 2]);
       assertEquals([a.stats.connected, b.stats.connected], [true, true]);
-    } finally {
-      await a.close();
-      await b.close();
-      await redis.stop();
-    }
+    });
   },
 });
 
@@ -85,11 +95,8 @@ Deno.test({
   name: "RedisBus: Redis killed and restarted: publishes meanwhile are unsent, delivery resumes by itself",
   ...REDIS_TEST,
   async fn() {
-    const redis = await RedisServer.start();
     const lines: string[] = [];
-    const a = await RedisBus.connect(redis.url, { log: (line) => lines.push(line) });
-    const b = await RedisBus.connect(redis.url);
-    try {
+    await withTwoBuses({ log: (line) => lines.push(line) }, async (redis, a, b) => {
       const got: (string | Uint8Array)[] = [];
       b.listen((_topic, msg) => got.push(msg));
       a.publish("t", "before");
@@ -106,11 +113,7 @@ Deno.test({
       assertEquals(got, ["before", "after"]); // "during" is lost: at most once
       assertEquals([a.stats.reconnects, b.stats.reconnects], [1, 1]);
       assertMatch(lines.join("\n"), /lost Redis at .*; reconnecting\n.*connected to Redis at .* again/);
-    } finally {
-      await a.close();
-      await b.close();
-      await redis.stop();
-    }
+    });
   },
 });
 
@@ -296,10 +299,7 @@ Deno.test({
   name: "RedisBus: a packet flushed just after the loss is counted unsent and never delivered late (at most once)",
   ...REDIS_TEST,
   async fn() {
-    const redis = await RedisServer.start();
-    const a = await RedisBus.connect(redis.url);
-    const b = await RedisBus.connect(redis.url);
-    try {
+    await withTwoBuses({}, async (redis, a, b) => {
       const got: (string | Uint8Array)[] = [];
       b.listen((_topic, msg) => got.push(msg));
       await redis.kill();
@@ -316,11 +316,7 @@ Deno.test({
       a.publish("t", "after");
       await until(() => got.length > 0, "the message after the restart");
       assertEquals(got, ["after"]);
-    } finally {
-      await a.close();
-      await b.close();
-      await redis.stop();
-    }
+    });
   },
 });
 
