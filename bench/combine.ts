@@ -1,0 +1,114 @@
+// Puts several `bench:load` result files side by side: for every scenario, each file's median
+// ratio of ours to Deno and to uWebSockets.js (per server CPU-second, and p99 against Deno's),
+// and whether the median of those medians meets issue 13's targets.
+//
+//   deno run -R bench/combine.ts bench/results/load-A.jsonl bench/results/load-B.jsonl ...
+//
+// Prints a Markdown table; each cell is "median of the files' medians (file 1 · file 2 · ...)".
+
+interface Ratio {
+  type: "ratio";
+  scenario: string;
+  reference: string;
+  perCpuSecond: { median: number };
+  rate: { median: number };
+  p99?: { median: number };
+}
+
+const files = Deno.args;
+// "server window" → per file: deliveries per CPU-second at 5,000 ÷ at 1,000 receivers
+const drops = new Map<string, number[]>();
+if (files.length === 0) {
+  throw new Error("usage: deno run -R bench/combine.ts FILE.jsonl...");
+}
+
+interface Summary {
+  type: "summary";
+  scenario: string;
+  server: string;
+  perCpuSecond: { median: number };
+}
+
+// scenario → reference → figure → one median per file
+const table = new Map<string, Map<string, Map<string, number[]>>>();
+for (const file of files) {
+  const fanout = new Map<string, number>();
+  for (const line of Deno.readTextFileSync(file).split("\n")) {
+    if (
+      line.includes('"type":"summary"') && line.includes('"scenario":"fanout')
+    ) {
+      const summary: Summary = JSON.parse(line);
+      fanout.set(
+        `${summary.server} ${summary.scenario}`,
+        summary.perCpuSecond.median,
+      );
+    }
+    if (!line.includes('"type":"ratio"')) continue;
+    const ratio: Ratio = JSON.parse(line);
+    const byReference = table.get(ratio.scenario) ?? new Map();
+    table.set(ratio.scenario, byReference);
+    const figures = byReference.get(ratio.reference) ?? new Map();
+    byReference.set(ratio.reference, figures);
+    for (const figure of ["perCpuSecond", "rate", "p99"] as const) {
+      const values = figures.get(figure) ?? [];
+      values.push(ratio[figure]?.median ?? NaN);
+      figures.set(figure, values);
+    }
+  }
+  for (const [key, at5000] of fanout) {
+    const match = /^(\S+) fanout 1 → 5000 receivers × (\d+)/.exec(key);
+    const at1000 = match && fanout.get(key.replace("5000", "1000"));
+    if (!match || !at1000) continue;
+    const name = `${match[1]}, ${match[2]} in flight`;
+    drops.set(name, [...drops.get(name) ?? [], at5000 / at1000]);
+  }
+}
+
+function median(values: number[]): number {
+  const sorted = values.toSorted((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+function cell(values: number[] | undefined): string {
+  if (!values?.length || values.some((value) => !Number.isFinite(value))) {
+    return "–";
+  }
+  return `${median(values).toFixed(2)}× (${values.map((value) => value.toFixed(2)).join(" · ")})`;
+}
+
+console.log(
+  "| scenario | per CPU-s ours/Deno | msgs/s ours/Deno | p99 ours/Deno | per CPU-s ours/uWS | short of |",
+);
+console.log("| --- | --- | --- | --- | --- | --- |");
+for (const [scenario, byReference] of table) {
+  const deno = byReference.get("deno"), uws = byReference.get("uws");
+  const short: string[] = [];
+  const echo = scenario.startsWith("echo");
+  if (echo && deno && median(deno.get("perCpuSecond")!) < 1) {
+    short.push("1.0× Deno");
+  }
+  if (echo && deno && median(deno.get("rate")!) < 1) {
+    short.push("1.0× Deno msgs/s");
+  }
+  if (echo && deno && median(deno.get("p99")!) > 1.2) {
+    short.push("p99 1.2× Deno");
+  }
+  if (
+    !echo && uws && scenario.startsWith("fanout") &&
+    median(uws.get("perCpuSecond")!) < 0.8
+  ) {
+    short.push("0.8× uWS");
+  }
+  const p99 = scenario.startsWith("connect") ? "–" : cell(deno?.get("p99"));
+  console.log(
+    `| ${scenario} | ${cell(deno?.get("perCpuSecond"))} | ${cell(deno?.get("rate"))} | ${p99} | ${
+      cell(uws?.get("perCpuSecond"))
+    } | ${short.join(", ") || "–"} |`,
+  );
+}
+
+console.log(
+  "\nFan-out 1,000 → 5,000 receivers: deliveries per CPU-second kept, by server and window",
+);
+for (const [name, values] of drops) console.log(`- ${name}: ${cell(values)}`);
