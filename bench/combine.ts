@@ -15,13 +15,6 @@ interface Ratio {
   p99?: { median: number };
 }
 
-const files = Deno.args;
-// "server window" → per file: deliveries per CPU-second at 5,000 ÷ at 1,000 receivers
-const drops = new Map<string, number[]>();
-if (files.length === 0) {
-  throw new Error("usage: deno run -R bench/combine.ts FILE.jsonl...");
-}
-
 interface Summary {
   type: "summary";
   scenario: string;
@@ -29,6 +22,12 @@ interface Summary {
   perCpuSecond: { median: number };
 }
 
+const files = Deno.args;
+if (files.length === 0) {
+  throw new Error("usage: deno run -R bench/combine.ts FILE.jsonl...");
+}
+// "server, window" → per file: deliveries per CPU-second at 5,000 ÷ at 1,000 receivers
+const drops = new Map<string, number[]>();
 // scenario → reference → figure → one median per file
 const table = new Map<string, Map<string, Map<string, number[]>>>();
 for (const file of files) {
@@ -84,18 +83,13 @@ console.log("| --- | --- | --- | --- | --- | --- |");
 for (const [scenario, byReference] of table) {
   const deno = byReference.get("deno"), uws = byReference.get("uws");
   const short: string[] = [];
-  const echo = scenario.startsWith("echo");
-  if (echo && deno && median(deno.get("perCpuSecond")!) < 1) {
-    short.push("1.0× Deno");
-  }
-  if (echo && deno && median(deno.get("rate")!) < 1) {
-    short.push("1.0× Deno msgs/s");
-  }
-  if (echo && deno && median(deno.get("p99")!) > 1.2) {
-    short.push("p99 1.2× Deno");
+  if (scenario.startsWith("echo") && deno) {
+    if (median(deno.get("perCpuSecond")!) < 1) short.push("1.0× Deno");
+    if (median(deno.get("rate")!) < 1) short.push("1.0× Deno msgs/s");
+    if (median(deno.get("p99")!) > 1.2) short.push("p99 1.2× Deno");
   }
   if (
-    !echo && uws && scenario.startsWith("fanout") &&
+    scenario.startsWith("fanout") && uws &&
     median(uws.get("perCpuSecond")!) < 0.8
   ) {
     short.push("0.8× uWS");
