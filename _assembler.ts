@@ -86,7 +86,24 @@ export class MessageAssembler {
   piece(piece: Uint8Array): void {
     this.#streamed = true;
     if (this.#compressed) this.inflater!.inflate(piece, this.#sink);
-    else this.#text.push(piece, false);
+    else this.#text.push(piece, false, !this.#whole);
+  }
+
+  // Whether the frame under way is the whole message.
+  get #whole(): boolean {
+    return this.#count === 1 && this.#fin;
+  }
+
+  /**
+   * A frame read into a buffer of its own is whole: `payload`. Its bytes went through
+   * `piece()` if `streamed`; a text that is the whole message was only checked there,
+   * and is decoded here at once.
+   */
+  endLarge(payload: Uint8Array): string | Uint8Array | undefined {
+    if (!this.streamed) return this.end(payload, true);
+    if (this.#compressed || !this.#whole) return this.end(EMPTY, true);
+    this.#text.push(EMPTY, true, false);
+    return this.#reset(decodeUtf8(payload));
   }
 
   /**
@@ -96,7 +113,6 @@ export class MessageAssembler {
    */
   end(rest: Uint8Array, owned: boolean): string | Uint8Array | undefined {
     const opcode = this.#opcode;
-    const single = this.#count === 1;
     if (this.#compressed) {
       this.piece(rest);
       if (!this.#fin) return undefined;
@@ -105,11 +121,11 @@ export class MessageAssembler {
     }
     if (opcode === Opcode.Text) {
       // One whole frame is decoded at once: no pieces to join.
-      if (single && this.#fin && !this.#streamed) return this.#reset(decodeUtf8(rest));
+      if (this.#whole && !this.#streamed) return this.#reset(decodeUtf8(rest));
       const text = this.#text.push(rest, this.#fin);
       return this.#fin ? this.#reset(text) : undefined;
     }
-    if (single && this.#fin) return this.#reset(owned ? rest : rest.slice());
+    if (this.#whole) return this.#reset(owned ? rest : rest.slice());
     const total = this.#bytes;
     if (total > this.#fragments.length) {
       const grown = new Uint8Array(Math.min(Math.max(total, this.#fragments.length * 2), this.#maxPayload));

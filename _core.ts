@@ -450,7 +450,7 @@ export class Core {
     reserve(large);
     if (large.received < header.payloadLength) return false;
     this.#large = undefined;
-    this.#deliver(this.#assembler.end(large.streamed ? EMPTY : large.payload, true));
+    this.#deliver(this.#assembler.endLarge(large.payload));
     if (large.streamed) giveBuffer(large.payload);
     return true;
   }

@@ -914,6 +914,34 @@ Deno.test("RFC 6455 8.1: a 1 MiB text frame in reads of 1 to 65,521 bytes arrive
   assert(events[0].type === "message" && events[0].data === text, "the text differs");
 });
 
+Deno.test("RFC 6455 8.1: a large text frame with a genuine U+FFFD arrives as sent; one ending inside a character is 1007", () => {
+  const text = "\uFFFD" + MIXED.repeat(20_000) + "\uFFFD";
+  const core = openCore();
+  const events = feedInReads(core, clientFrame(Opcode.Text, text), [65_521, 3]);
+  assertEquals(events.length, 1);
+  assert(events[0].type === "message" && events[0].data === text, "the text differs");
+  const cut = utf8(text).subarray(0, -1); // the last U+FFFD without its last byte
+  assertEquals(feedInReads(core, clientFrame(Opcode.Text, cut), [65_521, 3]), []);
+  assertEquals([core.state, core.closeCode], ["closed", 1007]);
+  core.release();
+});
+
+Deno.test("RFC 6455 8.1: one byte over 0x7f anywhere in a read of a large ASCII text frame is 1007 at once", () => {
+  const piece = utf8("x".repeat(1001)); // so that the second read starts off a 4-byte boundary
+  const places = [...Array(40).keys(), ...Array.from({ length: 40 }, (_, i) => piece.length - 40 + i)];
+  for (const place of places) {
+    const core = openCore();
+    const invalid = piece.slice();
+    invalid[place] = 0x80; // a continuation byte with nothing to continue
+    core.receiveData(concat(clientHeader(Opcode.Text, 64 * KiB), maskedPayload(piece)), 0);
+    assertEquals(core.state, "open");
+    core.receiveData(maskedPayload(invalid, piece.length), 0);
+    assertEquals(core.takeEvents(), [], `at ${place}`);
+    assertEquals([core.state, core.closeCode], ["closed", 1007], `at ${place}`);
+    core.release();
+  }
+});
+
 Deno.test("RFC 6455 8.1: characters cut between fragments are joined, at every cut and every split", () => {
   const text = MIXED.repeat(3) + "ü";
   const bytes = utf8(text);
