@@ -90,10 +90,11 @@ export type CoreEvent =
   | { type: "error"; error: unknown };
 
 // The read buffer: 1 KiB, doubled while reads fill it (up to maxHeaderSize for the
-// request head, then up to 64 KiB) and given back once they do not. Idle connections
-// hold little; a frame larger than the buffer is read straight into a buffer of its own.
+// request head, then up to 64 KiB and the longest header, so that a 64 KiB message
+// comes in one read) and given back once they do not. Idle connections hold little; a
+// frame larger than the buffer is read straight into a buffer of its own.
 const READ_BUFFER_MIN = 1024;
-const READ_BUFFER_MAX = 64 * 1024;
+const READ_BUFFER_MAX = 64 * 1024 + 14;
 // Payload buffers are allocated at their frame's declared length once its header has
 // arrived (one allocation, no copy), as long as all connections together have at most
 // RESERVE_LIMIT bytes allocated ahead of their arrival; past it a payload buffer grows
@@ -148,8 +149,8 @@ export class Core {
   #start = 0;
   #end = 0;
   #searchFrom = 0; // where to look for the end of the request head
-  #lastRead = 0;
   #readFilled = false;
+  #readSinceEmpty = 0; // bytes read since the buffer was last parsed to its end
   // The frame too large for the read buffer whose payload is read into a buffer of its own.
   #large: LargeFrame | undefined;
 
@@ -205,11 +206,11 @@ export class Core {
 
   /** `count` bytes were read into the last `readTarget()`, at time `now` (ms). */
   receive(count: number, now: number): void {
+    this.#readSinceEmpty += count;
     if (this.#large) {
       this.#large.received += count;
     } else {
       this.#end += count;
-      this.#lastRead = count;
       this.#readFilled = count === this.#buffer.length - (this.#end - count);
     }
     this.#lastSeen = now;
@@ -266,12 +267,13 @@ export class Core {
     } catch (error) {
       this.#fail(error);
     }
-    if (this.#start === this.#end && this.#state !== "connecting") {
-      this.#start = this.#end = 0;
-      // Give back a buffer grown for a burst (or for the request head) once reads are small.
-      if (this.#buffer.length > READ_BUFFER_MIN && this.#lastRead * 4 <= this.#buffer.length) {
+    if (this.#start === this.#end && this.#state !== "connecting" && this.#large === undefined) {
+      // Give back a buffer grown for a burst (or for the request head) once what was read
+      // since it was last empty is small: a frame that came in two reads keeps it.
+      if (this.#buffer.length > READ_BUFFER_MIN && this.#readSinceEmpty * 4 <= this.#buffer.length) {
         this.#buffer = new Uint8Array(READ_BUFFER_MIN);
       }
+      this.#start = this.#end = this.#readSinceEmpty = 0;
     }
   }
 
