@@ -76,12 +76,17 @@ function cell(values: number[] | undefined): string {
   return `${median(values).toFixed(2)}× (${values.map((value) => value.toFixed(2)).join(" · ")})`;
 }
 
+// A before/after column when the runs measured base (main before a change) too.
+const withBase = [...table.values()].some((byReference) => byReference.has("base"));
 console.log(
-  "| scenario | per CPU-s ours/Deno | msgs/s ours/Deno | p99 ours/Deno | per CPU-s ours/uWS | short of |",
+  `| scenario |${
+    withBase ? " per CPU-s ours/base |" : ""
+  } per CPU-s ours/Deno | msgs/s ours/Deno | p99 ours/Deno | per CPU-s ours/uWS | short of |`,
 );
-console.log("| --- | --- | --- | --- | --- | --- |");
+console.log(`| --- |${withBase ? " --- |" : ""} --- | --- | --- | --- | --- |`);
 for (const [scenario, byReference] of table) {
   const deno = byReference.get("deno"), uws = byReference.get("uws");
+  const base = withBase ? ` ${cell(byReference.get("base")?.get("perCpuSecond"))} |` : "";
   const short: string[] = [];
   if (scenario.startsWith("echo") && deno) {
     if (median(deno.get("perCpuSecond")!) < 1) short.push("1.0× Deno");
@@ -96,7 +101,7 @@ for (const [scenario, byReference] of table) {
   }
   const p99 = scenario.startsWith("connect") ? "–" : cell(deno?.get("p99"));
   console.log(
-    `| ${scenario} | ${cell(deno?.get("perCpuSecond"))} | ${cell(deno?.get("rate"))} | ${p99} | ${
+    `| ${scenario} |${base} ${cell(deno?.get("perCpuSecond"))} | ${cell(deno?.get("rate"))} | ${p99} | ${
       cell(uws?.get("perCpuSecond"))
     } | ${short.join(", ") || "–"} |`,
   );
