@@ -4,7 +4,7 @@
 import { assert, assertEquals, assertStrictEquals, assertThrows } from "@std/assert";
 import { MessageAssembler } from "./_assembler.ts";
 import { Core, type CoreEvent, reservedBytes, resolveOptions } from "./_core.ts";
-import { encodeMessage, Outbox, textPoolSize } from "./_outbox.ts";
+import { encodeMessage, giveBuffer, Outbox, takeBuffer, textPoolSize, trimTextPool } from "./_outbox.ts";
 import { ProtocolError } from "./errors.ts";
 import { decodeClosePayload, encodeClosePayload, encodeFrame, encodeHeader, Frame, Opcode } from "./frame.ts";
 import type { ProtocolOptions } from "./protocol.ts";
@@ -1218,6 +1218,22 @@ Deno.test("outbox: a long text's pooled buffer is reused only once every queue h
   assert(dropped.send(again));
   dropped.outbox.discard();
   assertEquals(textPoolSize(), before + frame.buffer.byteLength);
+});
+
+Deno.test("pool: at most 64 MiB of free long-text buffers; a second later, beyond 8 MiB only those taken meanwhile", () => {
+  const buffers = Array.from({ length: 70 }, () => takeBuffer(MiB));
+  buffers.forEach(giveBuffer);
+  const size = MiB + 14; // a pooled buffer: its payload and room for the longest header
+  assert(textPoolSize() <= 64 * MiB && textPoolSize() > 64 * MiB - size, `${textPoolSize()} bytes kept`);
+  const later = performance.now() + 60_000; // after any trim a test before made
+  trimTextPool(later);
+  assert(textPoolSize() > 64 * MiB - size, "buffers given back just now were dropped");
+  giveBuffer(takeBuffer(MiB)); // one in use meanwhile
+  trimTextPool(later + 999);
+  assert(textPoolSize() > 64 * MiB - size, "trimmed before a second had passed");
+  trimTextPool(later + 1000);
+  const kept = textPoolSize();
+  assert(kept >= 8 * MiB + size && kept < 8 * MiB + 2 * size, `${kept} bytes kept`);
 });
 
 Deno.test("outbox: long texts of one, two, three and four bytes a character encode as TextEncoder does", () => {
