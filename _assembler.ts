@@ -102,12 +102,12 @@ export class MessageAssembler {
   endLarge(payload: Uint8Array): string | Uint8Array | undefined {
     if (!this.streamed) return this.end(payload, true);
     if (this.#compressed || !this.#whole) return this.end(EMPTY, true);
-    this.#text.push(EMPTY, true, false);
+    // Valid text ends on a character's end, so no piece is left cut; invalid text throws here.
     return this.#reset(decodeUtf8(payload));
   }
 
   /**
-   * The frame under way is whole. For text, its bytes went through `textPiece`, except
+   * The frame under way is whole. For text, its bytes went through `piece()`, except
    * `rest`; for binary, `rest` is the whole payload, `owned` if it is not a view into
    * a buffer that is reused. Returns the message once its last frame is in.
    */
