@@ -1143,30 +1143,38 @@ Deno.test("raw: frames in the same write as the 101 are delivered, even one cut 
   assertEquals([answer?.opcode, answer?.payload], [Opcode.Pong, encoder.encode("ping")]);
 });
 
-Deno.test("raw: a close in the same write as the 101: connect resolves, the close is echoed, the server closes first", async () => {
-  let echo: { code: number; reason: string } | undefined;
-  let client: Client | undefined;
-  let error: unknown;
+// The server answers the handshake and sends `frames` in the same write, then reads the
+// client's close and checks that the client leaves closing TCP to it (RFC 6455 7.1.1); the
+// client connects and waits for its disconnect.
+interface After101 {
+  closeFrame?: { code: number; reason: string }; // the client's close
+  client?: Client;
+  error?: unknown; // connect's rejection
+}
+
+async function framesWith101(frames: Uint8Array): Promise<After101> {
+  const result: After101 = {};
   await withRawServer(async (peer) => {
     const head = await peer.readHead();
-    await peer.write(
-      concat(
-        await switching(head),
-        serverFrame(Opcode.Text, "welcome"),
-        serverFrame(Opcode.Close, encodeClosePayload(4003, "go away")),
-      ),
-    );
-    echo = await peer.readClose();
+    await peer.write(concat(await switching(head), frames));
+    result.closeFrame = await peer.readClose();
     assertEquals(await peer.endsWithin(200), false, "the client closed TCP before the server");
   }, async (server) => {
     try {
-      client = await connect(server.url);
-      await within(client.disconnected.promise, TIMEOUT, "the close");
+      result.client = await connect(server.url);
+      await within(result.client.disconnected.promise, TIMEOUT, "the close");
     } catch (cause) {
-      error = cause;
+      result.error = cause;
     }
   });
-  assertEquals(echo?.code, 4003, "the close was not echoed");
+  return result;
+}
+
+Deno.test("raw: a close in the same write as the 101: connect resolves, the close is echoed, the server closes first", async () => {
+  const { closeFrame, client, error } = await framesWith101(
+    concat(serverFrame(Opcode.Text, "welcome"), serverFrame(Opcode.Close, encodeClosePayload(4003, "go away"))),
+  );
+  assertEquals(closeFrame?.code, 4003, "the close was not echoed");
   assertEquals(error, undefined, "connect rejected although the handshake succeeded");
   assertEquals(
     [client?.messages, client?.closeCode, client?.closeReason, client?.connects, client?.disconnects],
@@ -1175,22 +1183,7 @@ Deno.test("raw: a close in the same write as the 101: connect resolves, the clos
 });
 
 Deno.test("raw: a masked frame in the same write as the 101: connect resolves, not delivered, close 1002", async () => {
-  let closeFrame: { code: number; reason: string } | undefined;
-  let client: Client | undefined;
-  let error: unknown;
-  await withRawServer(async (peer) => {
-    const head = await peer.readHead();
-    await peer.write(concat(await switching(head), encodeFrame(Opcode.Text, "masked", { mask: true })));
-    closeFrame = await peer.readClose();
-    assertEquals(await peer.endsWithin(200), false, "the client closed TCP before the server");
-  }, async (server) => {
-    try {
-      client = await connect(server.url);
-      await within(client.disconnected.promise, TIMEOUT, "the close");
-    } catch (cause) {
-      error = cause;
-    }
-  });
+  const { closeFrame, client, error } = await framesWith101(encodeFrame(Opcode.Text, "masked", { mask: true }));
   assertEquals(closeFrame?.code, 1002);
   assertEquals(error, undefined, "connect rejected although the handshake succeeded");
   assertEquals([client?.messages, client?.closeCode, client?.connects, client?.disconnects], [[], 1002, 1, 1]);

@@ -7,7 +7,7 @@ import WsClient from "ws";
 import { deflateStats } from "./_deflate.ts";
 import { type CompressionMode, type Connection, type HttpResponse, Protocol } from "./protocol.ts";
 import { startServer } from "./server.ts";
-import { encoder, peerMissing, TIMEOUT, within } from "./test_util.ts";
+import { encoder, jsonText, peerMissing, TIMEOUT, within } from "./test_util.ts";
 
 const SHARED = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
@@ -105,19 +105,6 @@ async function withEchoServer(
   }
 }
 
-// Compressible text that is not one repeated pattern.
-function json(size: number, seed: number): string {
-  let text = "";
-  for (let i = 0; text.length < size; i++) {
-    text += JSON.stringify({
-      id: seed * 100_000 + i,
-      user: `user${(i * 7919) % 1000}`,
-      ts: 1_700_000_000_000 + i * 137,
-    });
-  }
-  return text.slice(0, size);
-}
-
 const byteLength = (msg: Message) => typeof msg === "string" ? encoder.encode(msg).length : msg.length;
 
 // Text (one of them twice, for a window to help), binary, and a fragmented message,
@@ -129,14 +116,19 @@ async function echoScenario(makePeer: (url: string) => Promise<DeflatePeer>, mod
     try {
       assertEquals(peer.extensions, expected);
       const before = { ...deflateStats };
-      const messages: Message[] = [json(40_000, 1), json(40_000, 2), json(40_000, 1), encoder.encode(json(40_000, 3))];
-      messages.push("κόσμε, " + json(20_000, 4)); // not ASCII
+      const messages: Message[] = [
+        jsonText(40_000, 1),
+        jsonText(40_000, 2),
+        jsonText(40_000, 1),
+        encoder.encode(jsonText(40_000, 3)),
+      ];
+      messages.push("κόσμε, " + jsonText(20_000, 4)); // not ASCII
       for (const msg of messages) {
         peer.send(msg);
         assertEquals(await peer.next(), msg);
       }
       if (peer.sendFragments) {
-        const parts = [json(10_000, 5), json(10_000, 6), json(10_000, 7)];
+        const parts = [jsonText(10_000, 5), jsonText(10_000, 6), jsonText(10_000, 7)];
         peer.sendFragments(parts);
         const joined = parts.join("");
         assertEquals(await peer.next(), joined);

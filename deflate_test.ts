@@ -19,7 +19,7 @@ import { CloseCode, decodeClosePayload, decodeHeader, encodeFrame, Frame, Opcode
 import fc from "fast-check";
 import { Protocol, type ProtocolOptions } from "./protocol.ts";
 import { parseServerArgs, startServer } from "./server.ts";
-import { ACCEPT, encoder, handshake, RawClient, Recorder, TestServer, within } from "./test_util.ts";
+import { ACCEPT, encoder, handshake, jsonText, RawClient, Recorder, TestServer, within } from "./test_util.ts";
 
 const hex = (text: string) => new Uint8Array(text.trim().split(/\s+/).map((byte) => parseInt(byte, 16)));
 const MASK = new Uint8Array([0x37, 0xfa, 0x21, 0x3d]);
@@ -92,15 +92,7 @@ function inflate(payload: Uint8Array): Uint8Array {
 
 // Compressible bytes that are not one repeated pattern.
 function jsonLike(size: number, seed = 1): Uint8Array {
-  let text = "";
-  for (let i = 0; text.length < size; i++) {
-    text += JSON.stringify({
-      id: seed * 100_000 + i,
-      user: `user${(i * 7919) % 1000}`,
-      ts: 1_700_000_000_000 + i * 137,
-    });
-  }
-  return encoder.encode(text.slice(0, size));
+  return encoder.encode(jsonText(size, seed));
 }
 
 Deno.test("node:zlib's synchronous handle works in this Deno (else compression is declined)", () => {

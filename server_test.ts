@@ -3,6 +3,7 @@ import WsClient from "ws";
 import { Opcode } from "./frame.ts";
 import { parseServerArgs, startServer } from "./server.ts";
 import { peerMissing, RawClient, TIMEOUT, within } from "./test_util.ts";
+import { freePort, Lines } from "./testdata/cluster.ts";
 
 // ---------------------------------------------------------------- real clients, one scenario
 
@@ -204,13 +205,6 @@ Deno.test({
 
 // ---------------------------------------------------------------- the README example
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = listener.addr.port;
-  listener.close();
-  return port;
-}
-
 Deno.test("README: the ported TwistedWebsocket example runs as written", async () => {
   const readme = await Deno.readTextFile(new URL("./README.md", import.meta.url));
   const section = readme.slice(readme.indexOf("## Example: TwistedWebsocket's broadcast server"));
@@ -308,35 +302,6 @@ Deno.test("CLI: flags become options", () => {
   assertEquals(parseServerArgs(["--help"]), undefined);
 });
 
-/** Reads a child's stdout line by line, waiting for lines that match. */
-class LineReader {
-  #lines: string[] = [];
-  #wake = Promise.withResolvers<void>();
-  readonly done: Promise<void>;
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.done = (async () => {
-      let pending = "";
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        pending += chunk;
-        const lines = pending.split("\n");
-        pending = lines.pop()!;
-        this.#lines.push(...lines);
-        this.#wake.resolve();
-        this.#wake = Promise.withResolvers<void>();
-      }
-    })();
-  }
-  async waitFor(pattern: RegExp): Promise<string> {
-    const deadline = Date.now() + 20_000;
-    while (true) {
-      const line = this.#lines.find((candidate) => pattern.test(candidate));
-      if (line) return line;
-      assert(Date.now() < deadline, `no line matching ${pattern}; got:\n${this.#lines.join("\n")}`);
-      await within(this.#wake.promise, deadline - Date.now(), `a line matching ${pattern}`);
-    }
-  }
-}
-
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   Deno.test(`CLI: logs events; on ${signal} closes clients with 1001 and exits 0`, async () => {
     const port = freePort();
@@ -345,7 +310,7 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
       stdout: "piped",
       stderr: "inherit",
     }).spawn();
-    const log = new LineReader(child.stdout);
+    const log = new Lines(child.stdout);
     try {
       await log.waitFor(/^Listening on ws:\/\/127\.0\.0\.1:\d+\/$/);
       const client = await RawClient.open(port, { Origin: "http://example.test" });

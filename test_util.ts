@@ -21,6 +21,19 @@ export function peerMissing(check: () => boolean): boolean {
   }
   return !installed && !Deno.env.get("CI");
 }
+
+/** Compressible text that is not one repeated pattern: JSON records of a seeded sequence. */
+export function jsonText(size: number, seed = 1): string {
+  let text = "";
+  for (let i = 0; text.length < size; i++) {
+    text += JSON.stringify({
+      id: seed * 100_000 + i,
+      user: `user${(i * 7919) % 1000}`,
+      ts: 1_700_000_000_000 + i * 137,
+    });
+  }
+  return text.slice(0, size);
+}
 export const TIMEOUT = 5000;
 
 /** Rejects if `promise` has not settled within `ms`. */

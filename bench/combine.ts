@@ -5,6 +5,8 @@
 //   deno run -R bench/combine.ts bench/results/load-A.jsonl bench/results/load-B.jsonl ...
 //
 // Prints a Markdown table; each cell is "median of the files' medians (file 1 · file 2 · ...)".
+// The targets are bench/_targets.ts's, which bench/load.ts checks one run against.
+import { dropMissed, kindOf, median, misses } from "./_targets.ts";
 
 interface Ratio {
   type: "ratio";
@@ -63,12 +65,6 @@ for (const file of files) {
   }
 }
 
-function median(values: number[]): number {
-  const sorted = values.toSorted((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-}
-
 function cell(values: number[] | undefined): string {
   if (!values?.length || values.some((value) => !Number.isFinite(value))) {
     return "–";
@@ -87,18 +83,10 @@ console.log(`| --- |${withBase ? " --- |" : ""} --- | --- | --- | --- | --- |`);
 for (const [scenario, byReference] of table) {
   const deno = byReference.get("deno"), uws = byReference.get("uws");
   const base = withBase ? ` ${cell(byReference.get("base")?.get("perCpuSecond"))} |` : "";
-  const short: string[] = [];
-  if (scenario.startsWith("echo") && deno) {
-    if (median(deno.get("perCpuSecond")!) < 1) short.push("1.0× Deno");
-    if (median(deno.get("rate")!) < 1) short.push("1.0× Deno msgs/s");
-    if (median(deno.get("p99")!) > 1.2) short.push("p99 1.2× Deno");
-  }
-  if (
-    scenario.startsWith("fanout") && uws &&
-    median(uws.get("perCpuSecond")!) < 0.8
-  ) {
-    short.push("0.8× uWS");
-  }
+  const short = misses(kindOf(scenario), ({ reference, figure }) => {
+    const values = byReference.get(reference)?.get(figure);
+    return values?.length ? median(values) : undefined;
+  }).map(({ label }) => label);
   const p99 = scenario.startsWith("connect") ? "–" : cell(deno?.get("p99"));
   console.log(
     `| ${scenario} |${base} ${cell(deno?.get("perCpuSecond"))} | ${cell(deno?.get("rate"))} | ${p99} | ${
@@ -110,4 +98,9 @@ for (const [scenario, byReference] of table) {
 console.log(
   "\nFan-out 1,000 → 5,000 receivers: deliveries per CPU-second kept, by server and window",
 );
-for (const [name, values] of drops) console.log(`- ${name}: ${cell(values)}`);
+for (const [name, values] of drops) {
+  const [server, window] = name.split(", ");
+  const deno = drops.get(`deno, ${window}`);
+  const short = server === "ours" && deno && dropMissed(median(values), median(deno)) ? " (short of Deno's)" : "";
+  console.log(`- ${name}: ${cell(values)}${short}`);
+}

@@ -25,6 +25,7 @@
 // and server, and a "ratio" line per scenario and reference; the chart of the ratios of
 // messages per server CPU-second in bench/results/ratios.svg.
 import { parseArgs } from "@std/cli/parse-args";
+import { dropMissed, type Kind, misses } from "./_targets.ts";
 
 const flags = parseArgs(Deno.args, {
   boolean: ["quick", "write-docs"],
@@ -71,7 +72,7 @@ const MiB = 1024 * KiB;
 
 interface Scenario {
   name: string;
-  kind: "echo" | "fanout" | "connect";
+  kind: Kind;
   conns: number; // echo: connections; fanout: receivers (plus the sender); connect: handshakes
   size: number; // bytes a message
   window: number; // messages in flight per connection (fanout: on the sender)
@@ -725,30 +726,17 @@ function table(results: Result[]): string {
   return [header, header.map(() => "---"), ...rows].map((row) => `| ${row.join(" | ")} |`).join("\n");
 }
 
-// Where ours misses the issue's targets: per CPU-second under 1.0x Deno or 0.8x uWS, and for
-// echo, messages a second under 1.0x Deno or p99 over 1.2x Deno's (medians).
+// Where ours misses issue 13's targets (bench/_targets.ts), by the median of each ratio.
 function shortfalls(results: Result[]): string[] {
   const lines: string[] = [];
   for (const { scenario, ratios } of results) {
-    const deno = ratios.get("deno"), uws = ratios.get("uws");
-    const misses: string[] = [];
-    if (deno?.perCpuSecond && deno.perCpuSecond.median < 1) {
-      misses.push(`${times(deno.perCpuSecond)} Deno per CPU-s`);
-    }
-    if (uws?.perCpuSecond && uws.perCpuSecond.median < 0.8) {
-      misses.push(`${times(uws.perCpuSecond)} uWS per CPU-s`);
-    }
-    if (scenario.kind === "echo" && deno?.rate && deno.rate.median < 1) {
-      misses.push(`${times(deno.rate)} Deno msgs/s`);
-    }
-    if (scenario.kind === "echo" && deno?.p99 && deno.p99.median > 1.2) {
-      misses.push(`p99 ${times(deno.p99)} Deno's`);
-    }
-    if (misses.length) lines.push(`${scenario.name}: ${misses.join("; ")}`);
+    const missed = misses(scenario.kind, ({ reference, figure }) => ratios.get(reference)?.[figure]?.median)
+      .map(({ label, reference, figure }) => `${label}: ${times(ratios.get(reference)?.[figure])}`);
+    if (missed.length) lines.push(`${scenario.name}: ${missed.join("; ")}`);
   }
   for (const { window, kept } of fanoutScaling(results)) {
     const ours = kept.get("ours"), deno = kept.get("deno");
-    if (ours !== undefined && deno !== undefined && ours < deno) {
+    if (ours !== undefined && deno !== undefined && dropMissed(ours, deno)) {
       lines.push(
         `fanout 1000 → 5000 receivers × ${window} in flight: ours keeps ${ours.toFixed(2)}× of its ` +
           `deliveries per CPU-s, Deno ${deno.toFixed(2)}×`,
