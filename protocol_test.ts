@@ -8,6 +8,7 @@ import {
   encoder,
   handshake,
   KEY,
+  type MemoryEnd,
   memoryPair,
   RawClient,
   Recorder,
@@ -605,6 +606,36 @@ Deno.test("API: Protocol.broadcast encodes once: every open user is handed the v
       for (const client of clients.slice(0, 2)) assertEquals((await client.readFrame())?.message(), message);
       assertEquals(servers[2].writes.length, sentTo[2], "sent to a closing user");
     }
+  } finally {
+    clients.forEach((client) => client.close());
+    await within(Promise.all(served));
+  }
+});
+
+Deno.test("API: a broadcast to 250 users starts only some writes in the turn it is sent, then all, once each", async () => {
+  const users = new Map<string, Protocol>();
+  const pairs = Array.from({ length: 250 }, () => memoryPair());
+  const servers = pairs.map(([server]) => server);
+  const handlers = pairs.map(() => new Recorder(users, { pingInterval: 0, idleTimeout: 0, closeTimeout: 300 }));
+  const served = handlers.map((handler, i) => handler.serve(servers[i]));
+  const clients = pairs.map(([, peer]) => RawClient.over(peer));
+  const writeCalls = (server: MemoryEnd) => server.log.filter((call) => call === "write").length;
+  try {
+    for (const client of clients) await client.write(handshake());
+    for (const client of clients) assertEquals((await client.readAnswer()).status, 101);
+    await Promise.all(handlers.map((handler) => handler.connected.promise));
+    const before = servers.map(writeCalls);
+    assertEquals(Protocol.broadcast(users.values(), "to all"), 250);
+    for (let i = 0; i < 10; i++) await Promise.resolve(); // this turn's microtasks, no later turn
+    const started = servers.filter((server, i) => writeCalls(server) > before[i]).length;
+    assert(started > 0 && started < 250, `${started} of 250 writes started in the broadcast's turn`);
+    // Each pair signals its own activity only: poll, bounded.
+    for (let waited = 0; !servers.every((server, i) => server.writes.length === before[i] + 1); waited++) {
+      assert(waited < 2000, "not every write was made within 2 s");
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    for (const client of clients) assertEquals((await client.readFrame())?.message(), "to all");
+    assertEquals(servers.map((server, i) => writeCalls(server) - before[i]), servers.map(() => 1));
   } finally {
     clients.forEach((client) => client.close());
     await within(Promise.all(served));

@@ -30,9 +30,11 @@ const STD_SPECIFIER = /^jsr:@std\/[a-z0-9-]+@[^/]+(?:\/.*)?$/;
 const ALLOWED_EXTERNAL: Record<string, RegExp> = {
   "redis.ts": /^(?:npm:@redis\/client@\d+\.\d+\.\d+|node:buffer)$/,
 };
-// Core modules that need a runtime built-in, and which: permessage-deflate's zlib (issue 11).
+// Core modules that need a runtime built-in, and which: permessage-deflate's zlib (issue 11);
+// setImmediate, to the next turn of the event loop without setTimeout's clamp (the writers).
 const CORE_BUILTINS: Record<string, RegExp> = {
   "_deflate.ts": /^node:zlib$/,
+  "protocol.ts": /^node:timers$/,
 };
 
 const problems: string[] = [];
