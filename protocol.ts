@@ -876,18 +876,21 @@ export class Protocol {
   static #startWriters(): void {
     const writers = Protocol.#toWrite;
     const end = Math.min(writers.length, Protocol.#toWriteNext + WRITERS_A_TURN);
-    while (Protocol.#toWriteNext < end) writers[Protocol.#toWriteNext++].#writeNext();
-    if (Protocol.#toWriteNext < writers.length) {
-      if (Protocol.#toWriteNext * 2 >= writers.length) { // drop those started once they are half the queue
-        Protocol.#toWrite = writers.slice(Protocol.#toWriteNext);
+    try {
+      while (Protocol.#toWriteNext < end) writers[Protocol.#toWriteNext++].#writeNext();
+    } finally { // even if a writer threw, the others still start
+      if (Protocol.#toWriteNext < writers.length) {
+        if (Protocol.#toWriteNext * 2 >= writers.length) { // drop those started once they are half the queue
+          Protocol.#toWrite = writers.slice(Protocol.#toWriteNext);
+          Protocol.#toWriteNext = 0;
+        }
+        setImmediate(Protocol.#startWriters);
+      } else {
+        Protocol.#toWrite = [];
         Protocol.#toWriteNext = 0;
+        Protocol.#writersDue = false;
       }
-      setImmediate(Protocol.#startWriters);
-      return;
     }
-    Protocol.#toWrite = [];
-    Protocol.#toWriteNext = 0;
-    Protocol.#writersDue = false;
   }
 
   // Writes the next piece the outbox hands out, whole (Deno.Conn.write may write fewer
