@@ -852,11 +852,8 @@ export class Protocol {
     }
     if (!this.#writing && this.#conn !== undefined && this.#core.outbox.pending) {
       this.#writing = true;
-      Protocol.#toWrite.push(this);
-      if (!Protocol.#writersDue) {
-        Protocol.#writersDue = true;
-        queueMicrotask(Protocol.#startWriters);
-      }
+      // The first one waiting starts them; with others waiting, a microtask or an immediate will.
+      if (Protocol.#toWrite.push(this) - 1 === Protocol.#toWriteNext) queueMicrotask(Protocol.#startWriters);
     }
   }
 
@@ -872,7 +869,6 @@ export class Protocol {
   // µs in turns of 64-128; fan-out to 5,000 went from 2.04 to 1.34 µs of CPU a delivery.
   static #toWrite: Protocol[] = [];
   static #toWriteNext = 0; // the first of #toWrite not started
-  static #writersDue = false; // a microtask or an immediate will start them
   static #startWriters(): void {
     const writers = Protocol.#toWrite;
     const end = Math.min(writers.length, Protocol.#toWriteNext + WRITERS_A_TURN);
@@ -888,7 +884,6 @@ export class Protocol {
       } else {
         Protocol.#toWrite = [];
         Protocol.#toWriteNext = 0;
-        Protocol.#writersDue = false;
       }
     }
   }
