@@ -82,11 +82,14 @@ export class MessageAssembler {
     }
   }
 
-  /** Payload bytes of a text or compressed frame, as they arrive (RFC 6455 8.1: fail fast). */
-  piece(piece: Uint8Array): void {
+  /**
+   * Payload bytes of a text or compressed frame, as they arrive (RFC 6455 8.1: fail
+   * fast); `ascii` if the caller found every byte ASCII.
+   */
+  piece(piece: Uint8Array, ascii = false): void {
     this.#streamed = true;
     if (this.#compressed) this.inflater!.inflate(piece, this.#sink);
-    else this.#text.push(piece, false, !this.#whole);
+    else this.#text.push(piece, false, !this.#whole, ascii);
   }
 
   // Whether the frame under way is the whole message.

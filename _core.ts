@@ -32,6 +32,7 @@ import {
   Outbox,
   takeBuffer,
 } from "./_outbox.ts";
+import { unmaskAscii } from "./_utf8.ts";
 import { ProtocolError, WebSocketError } from "./errors.ts";
 import {
   applyMask,
@@ -436,10 +437,15 @@ export class Core {
   // handles the frame once it is whole; false while it is not.
   #receiveLarge(large: LargeFrame): boolean {
     const piece = large.payload.subarray(large.unmasked, large.received);
-    if (large.maskKey) applyMask(piece, large.maskKey, large.unmasked);
+    let ascii = false;
+    if (large.maskKey) {
+      // A streamed piece is unmasked and checked for ASCII in one pass.
+      if (large.streamed) ascii = unmaskAscii(piece, large.maskKey, large.unmasked);
+      else applyMask(piece, large.maskKey, large.unmasked);
+    }
     large.unmasked = large.received;
     // RFC 6455 8.1: invalid text fails as soon as it has arrived, not when the frame ends.
-    if (large.streamed) this.#assembler.piece(piece);
+    if (large.streamed) this.#assembler.piece(piece, ascii);
     const { header } = large;
     if (large.received === large.payload.length && large.received < header.payloadLength) {
       large.full = fitsReserve(header.payloadLength, large.received);

@@ -5,8 +5,17 @@ import { assert, assertEquals, assertStrictEquals, assertThrows } from "@std/ass
 import { MessageAssembler } from "./_assembler.ts";
 import { Core, type CoreEvent, reservedBytes, resolveOptions } from "./_core.ts";
 import { encodeMessage, giveBuffer, Outbox, takeBuffer, textPoolSize, trimTextPool } from "./_outbox.ts";
+import { unmaskAscii } from "./_utf8.ts";
 import { ProtocolError } from "./errors.ts";
-import { decodeClosePayload, encodeClosePayload, encodeFrame, encodeHeader, Frame, Opcode } from "./frame.ts";
+import {
+  applyMask,
+  decodeClosePayload,
+  encodeClosePayload,
+  encodeFrame,
+  encodeHeader,
+  Frame,
+  Opcode,
+} from "./frame.ts";
 import type { ProtocolOptions } from "./protocol.ts";
 import { ACCEPT, handshake } from "./test_util.ts";
 
@@ -951,6 +960,26 @@ Deno.test("RFC 6455 8.1: one byte over 0x7f in the first or last 40 bytes of a r
     assertEquals(core.takeEvents(), [], `at ${place}`);
     assertEquals([core.state, core.closeCode], ["closed", 1007], `at ${place}`);
     core.release();
+  }
+});
+
+Deno.test("unmaskAscii unmasks as applyMask does and finds a byte over 0x7f anywhere, at every alignment and key offset", () => {
+  const key = new Uint8Array([0x37, 0xfa, 0x21, 0x3d]);
+  for (const length of [0, 1, 3, 4, 5, 31, 32, 33, 35, 63, 64, 67, 100]) {
+    for (let align = 0; align < 4; align++) {
+      for (let offset = 0; offset < 4; offset++) {
+        for (const high of [-1, ...Array(length).keys()]) {
+          const plain = new Uint8Array(length).map((_, i) => i === high ? 0x80 | i : 0x20 + (i % 90));
+          const masked = plain.slice();
+          applyMask(masked, key, offset);
+          const data = new Uint8Array(length + 4).subarray(align, align + length);
+          data.set(masked);
+          const label = `length ${length}, byte offset ${align}, key offset ${offset}, high byte at ${high}`;
+          assertEquals(unmaskAscii(data, key, offset), high === -1, label);
+          assertEquals(data, plain, label);
+        }
+      }
+    }
   }
 });
 
