@@ -4,8 +4,12 @@
 // answers joined into one write. No limits, no close handshake, no UTF-8 check, no
 // fragments, no pings: none of what the module does, only one conn.read and one
 // conn.write a batch, and one new buffer for each message's frame (as every server
-// that hands messages to an application has). /echo echoes; other paths broadcast.
+// that hands messages to an application has). /echo echoes; other paths broadcast. At most
+// 100 connections start writing in one turn of the event loop, the rest in the next turns,
+// as in protocol.ts: past about 128 writes a turn each costs about twice as much (README,
+// "Writes a turn").
 // Usage: deno run -N floor.ts PORT
+import { setImmediate } from "node:timers";
 import { applyMask } from "../../frame.ts";
 
 const port = Number(Deno.args[0]);
@@ -20,13 +24,13 @@ class Peer {
 
   send(frame: Uint8Array): void {
     this.#out.push(frame);
-    if (!this.#writing) this.#flush();
+    if (this.#writing) return;
+    this.#writing = true;
+    if (due.push(this) - 1 === dueNext) queueMicrotask(startFlushes);
   }
 
-  // Writes what was queued in the current task in one write, then whatever came meanwhile.
-  async #flush(): Promise<void> {
-    this.#writing = true;
-    await undefined;
+  // Writes what was queued before it started in one write, then whatever came meanwhile.
+  async flush(): Promise<void> {
     try {
       while (this.#out.length > 0) {
         const parts = this.#out;
@@ -42,6 +46,18 @@ class Peer {
       this.#writing = false;
     }
   }
+}
+
+// The peers due to start writing, in order; the first dueNext have started.
+let due: Peer[] = [];
+let dueNext = 0;
+
+function startFlushes(): void {
+  const end = Math.min(due.length, dueNext + 100);
+  for (; dueNext < end; dueNext++) due[dueNext].flush();
+  if (dueNext < due.length) return void setImmediate(startFlushes);
+  due = [];
+  dueNext = 0;
 }
 
 function join(parts: Uint8Array[]): Uint8Array {
