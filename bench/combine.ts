@@ -32,17 +32,24 @@ if (files.length === 0) {
 const drops = new Map<string, number[]>();
 // scenario → reference → figure → one median per file
 const table = new Map<string, Map<string, Map<string, number[]>>>();
+// scenario → per file: the floor server's median per CPU-second ÷ Deno's
+const floorToDeno = new Map<string, number[]>();
 for (const file of files) {
   const fanout = new Map<string, number>();
+  const perCpuSecond = new Map<string, number>(); // "server scenario" → median
   for (const line of Deno.readTextFileSync(file).split("\n")) {
-    if (
-      line.includes('"type":"summary"') && line.includes('"scenario":"fanout')
-    ) {
+    if (line.includes('"type":"summary"')) {
       const summary: Summary = JSON.parse(line);
-      fanout.set(
+      perCpuSecond.set(
         `${summary.server} ${summary.scenario}`,
         summary.perCpuSecond.median,
       );
+      if (summary.scenario.startsWith("fanout")) {
+        fanout.set(
+          `${summary.server} ${summary.scenario}`,
+          summary.perCpuSecond.median,
+        );
+      }
     }
     if (!line.includes('"type":"ratio"')) continue;
     const ratio: Ratio = JSON.parse(line);
@@ -54,6 +61,16 @@ for (const file of files) {
       const values = figures.get(figure) ?? [];
       values.push(ratio[figure]?.median ?? NaN);
       figures.set(figure, values);
+    }
+  }
+  for (const scenario of table.keys()) {
+    const floor = perCpuSecond.get(`floor ${scenario}`),
+      deno = perCpuSecond.get(`deno ${scenario}`);
+    if (floor && deno) {
+      floorToDeno.set(scenario, [
+        ...floorToDeno.get(scenario) ?? [],
+        floor / deno,
+      ]);
     }
   }
   for (const [key, at5000] of fanout) {
@@ -72,24 +89,29 @@ function cell(values: number[] | undefined): string {
   return `${median(values).toFixed(2)}× (${values.map((value) => value.toFixed(2)).join(" · ")})`;
 }
 
-// A before/after column when the runs measured base (main before a change) too.
+// A before/after column when the runs measured base (main before a change) too, and
+// one for the floor of Deno's public API against Deno's own server when they measured it.
 const withBase = [...table.values()].some((byReference) => byReference.has("base"));
+const withFloor = floorToDeno.size > 0;
 console.log(
-  `| scenario |${
-    withBase ? " per CPU-s ours/base |" : ""
-  } per CPU-s ours/Deno | msgs/s ours/Deno | p99 ours/Deno | per CPU-s ours/uWS | short of |`,
+  `| scenario |${withBase ? " per CPU-s ours/base |" : ""} per CPU-s ours/Deno |${
+    withFloor ? " per CPU-s floor/Deno |" : ""
+  } msgs/s ours/Deno | p99 ours/Deno | per CPU-s ours/uWS | short of |`,
 );
-console.log(`| --- |${withBase ? " --- |" : ""} --- | --- | --- | --- | --- |`);
+console.log(
+  `| --- |${withBase ? " --- |" : ""} --- |${withFloor ? " --- |" : ""} --- | --- | --- | --- |`,
+);
 for (const [scenario, byReference] of table) {
   const deno = byReference.get("deno"), uws = byReference.get("uws");
   const base = withBase ? ` ${cell(byReference.get("base")?.get("perCpuSecond"))} |` : "";
+  const floor = withFloor ? ` ${cell(floorToDeno.get(scenario))} |` : "";
   const short = misses(kindOf(scenario), ({ reference, figure }) => {
     const values = byReference.get(reference)?.get(figure);
     return values?.length ? median(values) : undefined;
   }).map(({ label }) => label);
   const p99 = scenario.startsWith("connect") ? "–" : cell(deno?.get("p99"));
   console.log(
-    `| ${scenario} |${base} ${cell(deno?.get("perCpuSecond"))} | ${cell(deno?.get("rate"))} | ${p99} | ${
+    `| ${scenario} |${base} ${cell(deno?.get("perCpuSecond"))} |${floor} ${cell(deno?.get("rate"))} | ${p99} | ${
       cell(uws?.get("perCpuSecond"))
     } | ${short.join(", ") || "–"} |`,
   );
