@@ -35,7 +35,6 @@ const table = new Map<string, Map<string, Map<string, number[]>>>();
 // scenario → per file: the floor server's median per CPU-second ÷ Deno's
 const floorToDeno = new Map<string, number[]>();
 for (const file of files) {
-  const fanout = new Map<string, number>();
   const perCpuSecond = new Map<string, number>(); // "server scenario" → median
   for (const line of Deno.readTextFileSync(file).split("\n")) {
     if (line.includes('"type":"summary"')) {
@@ -44,12 +43,6 @@ for (const file of files) {
         `${summary.server} ${summary.scenario}`,
         summary.perCpuSecond.median,
       );
-      if (summary.scenario.startsWith("fanout")) {
-        fanout.set(
-          `${summary.server} ${summary.scenario}`,
-          summary.perCpuSecond.median,
-        );
-      }
     }
     if (!line.includes('"type":"ratio"')) continue;
     const ratio: Ratio = JSON.parse(line);
@@ -73,9 +66,9 @@ for (const file of files) {
       ]);
     }
   }
-  for (const [key, at5000] of fanout) {
+  for (const [key, at5000] of perCpuSecond) {
     const match = /^(\S+) fanout 1 → 5000 receivers × (\d+)/.exec(key);
-    const at1000 = match && fanout.get(key.replace("5000", "1000"));
+    const at1000 = match && perCpuSecond.get(key.replace("5000", "1000"));
     if (!match || !at1000) continue;
     const name = `${match[1]}, ${match[2]} in flight`;
     drops.set(name, [...drops.get(name) ?? [], at5000 / at1000]);
