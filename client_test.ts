@@ -10,7 +10,8 @@ import { ProtocolError } from "./errors.ts";
 import { applyMask, decodeClosePayload, decodeHeader, encodeClosePayload, encodeFrame, Opcode } from "./frame.ts";
 import { type ClientOptions, computeAcceptKey, Protocol } from "./protocol.ts";
 import { startServer } from "./server.ts";
-import { encoder, peerMissing, Recorder, TIMEOUT, within } from "./test_util.ts";
+import { encoder, peerMissing, Queue, Recorder, TIMEOUT, within } from "./test_util.ts";
+import { pythonChild, pythonMissing } from "./testdata/python.ts";
 
 // ---------------------------------------------------------------- helpers
 
@@ -37,20 +38,6 @@ async function closeAll(clients: Recorder[]): Promise<void> {
 }
 
 /** A queue of events that a test waits on, each wait bounded. */
-class Queue<T> {
-  #items: T[] = [];
-  #waiting: ((item: T) => void)[] = [];
-  push(item: T): void {
-    const waiter = this.#waiting.shift();
-    if (waiter) waiter(item);
-    else this.#items.push(item);
-  }
-  next(what = "event"): Promise<T> {
-    if (this.#items.length > 0) return Promise.resolve(this.#items.shift()!);
-    return within(new Promise<T>((resolve) => this.#waiting.push(resolve)), TIMEOUT, what);
-  }
-}
-
 const TIMED_OUT = Symbol("timed out");
 
 /** The promise's value, or TIMED_OUT after `ms`; the timer is always cleared. */
@@ -160,46 +147,29 @@ async function wsEchoServer(perMessageDeflate: boolean | object = false): Promis
   };
 }
 
-const PYTHON = "/usr/bin/python3";
-const pythonMissing = peerMissing(() =>
-  new Deno.Command(PYTHON, { args: ["-c", "import websockets"], stderr: "null" }).outputSync().success
-);
-
 async function pythonEchoServer(compression = false): Promise<EchoServer> {
-  const child = new Deno.Command(PYTHON, {
-    args: [new URL("./testdata/python_echo_server.py", import.meta.url).pathname, ...(compression ? ["deflate"] : [])],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const lines = new Queue<{ port?: number; closed?: number }>();
-  const reading = (async () => {
-    let pending = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      pending += chunk;
-      for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
-        lines.push(JSON.parse(pending.slice(0, newline)));
-        pending = pending.slice(newline + 1);
-      }
-    }
-  })();
+  const python = pythonChild<{ port?: number; closed?: number }>(
+    "./python_echo_server.py",
+    compression ? ["deflate"] : [],
+  );
+  const child = python.process;
   const stop = async () => {
-    await child.stdin.close().catch(() => {});
+    await python.endInput();
     if ((await settleWithin(child.status, TIMEOUT)) === TIMED_OUT) child.kill("SIGKILL");
     assertEquals((await child.status).code, 0, "the Python server's exit code");
-    await reading;
+    await python.reading;
   };
   try {
-    const { port } = await lines.next("the Python server's port");
+    const { port } = await python.events.next("the Python server's port");
     return {
       url: `ws://127.0.0.1:${port}/echo`,
-      nextClose: async () => (await lines.next("the Python server's close")).closed!,
+      nextClose: async () => (await python.events.next("the Python server's close")).closed!,
       stop,
     };
   } catch (error) {
     child.kill("SIGKILL");
     await child.status;
-    await reading;
+    await python.reading;
     throw error;
   }
 }

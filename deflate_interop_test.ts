@@ -7,7 +7,8 @@ import WsClient from "ws";
 import { deflateStats } from "./_deflate.ts";
 import { type CompressionMode, type Connection, type HttpResponse, Protocol } from "./protocol.ts";
 import { startServer } from "./server.ts";
-import { encoder, jsonText, peerMissing, TIMEOUT, within } from "./test_util.ts";
+import { encoder, jsonText, peerMissing, Queue, TIMEOUT, within } from "./test_util.ts";
+import { pythonChild, pythonMissing } from "./testdata/python.ts";
 
 const SHARED = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
@@ -29,21 +30,6 @@ interface DeflatePeer {
  * ways; "window-10": it asks the server for a 1 KiB window, which its inflater then has.
  */
 type Offer = "default" | "no-context" | "window-10";
-
-class Inbox {
-  #messages: Message[] = [];
-  #waiting: ((msg: Message) => void)[] = [];
-  push(msg: Message): void {
-    const waiter = this.#waiting.shift();
-    if (waiter) waiter(msg);
-    else this.#messages.push(msg);
-  }
-  next(): Promise<Message> {
-    const msg = this.#messages.shift();
-    if (msg !== undefined) return Promise.resolve(msg);
-    return within(new Promise((resolve) => this.#waiting.push(resolve)), TIMEOUT, "a message");
-  }
-}
 
 // Counts what goes over one connection, as the server reads and writes it.
 class CountingConnection implements Connection {
@@ -157,7 +143,7 @@ const CASES: [CompressionMode, Offer, string][] = [
 // ---------------------------------------------------------------- npm ws
 
 async function wsPeer(url: string, offer: Offer): Promise<DeflatePeer> {
-  const inbox = new Inbox();
+  const inbox = new Queue<Message>();
   const perMessageDeflate = offer === "no-context"
     ? { threshold: 0, serverNoContextTakeover: true, clientNoContextTakeover: true }
     : offer === "window-10"
@@ -178,7 +164,7 @@ async function wsPeer(url: string, offer: Offer): Promise<DeflatePeer> {
     extensions,
     send: (msg) => socket.send(msg),
     sendFragments: (parts) => parts.forEach((part, i) => socket.send(part, { fin: i === parts.length - 1 })),
-    next: () => inbox.next(),
+    next: () => inbox.next("a message"),
     async close() {
       socket.close(1000);
       await within(closed.promise);
@@ -198,46 +184,32 @@ for (const [mode, offer, answer] of CASES) {
 
 // ---------------------------------------------------------------- Python websockets
 
-const PYTHON = "/usr/bin/python3";
-const pythonMissing = peerMissing(() =>
-  new Deno.Command(PYTHON, { args: ["-c", "import websockets"], stderr: "null" }).outputSync().success
-);
+type PythonEvent =
+  | { ev: "open"; extensions: string | null }
+  | { ev: "text"; data: string }
+  | { ev: "binary"; b64: string }
+  | { ev: "close" };
 
 async function pythonPeer(url: string, offer: Offer): Promise<DeflatePeer> {
-  const inbox = new Inbox();
-  const child = new Deno.Command(PYTHON, {
-    args: [new URL("./testdata/python_deflate_peer.py", import.meta.url).pathname, url, offer],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const stdin = child.stdin.getWriter();
-  const opened = Promise.withResolvers<string | null>();
-  const reading = (async () => {
-    let pending = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      pending += chunk;
-      for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
-        const event = JSON.parse(pending.slice(0, newline));
-        pending = pending.slice(newline + 1);
-        if (event.ev === "open") opened.resolve(event.extensions);
-        else if (event.ev === "text") inbox.push(event.data);
-        else if (event.ev === "binary") inbox.push(Uint8Array.fromBase64(event.b64));
-      }
-    }
-  })();
-  const command = (value: unknown) => void stdin.write(encoder.encode(JSON.stringify(value) + "\n"));
+  const python = pythonChild<PythonEvent>("./python_peer.py", [url, offer]);
+  const open = await python.events.next("the python client to connect", 10_000);
+  if (open.ev !== "open") throw new Error(`expected the open event, got ${JSON.stringify(open)}`);
   return {
-    extensions: await within(opened.promise, 10_000, "the python client to connect"),
+    extensions: open.extensions,
     send: (msg) =>
-      command(typeof msg === "string" ? { op: "send", text: msg } : { op: "sendBinary", b64: msg.toBase64() }),
-    sendFragments: (parts) => command({ op: "sendFragments", parts }),
-    next: () => inbox.next(),
+      python.send(typeof msg === "string" ? { op: "send", text: msg } : { op: "sendBinary", b64: msg.toBase64() }),
+    sendFragments: (parts) => python.send({ op: "sendFragments", parts }),
+    async next() {
+      const event = await python.events.next("a message");
+      if (event.ev === "text") return event.data;
+      if (event.ev === "binary") return Uint8Array.fromBase64(event.b64);
+      throw new Error(`expected a message, got ${JSON.stringify(event)}`);
+    },
     async close() {
-      command({ op: "close" });
-      await stdin.close().catch(() => {});
-      await reading;
-      assertEquals((await within(child.status, TIMEOUT, "the python client to exit")).code, 0);
+      python.send({ op: "close" });
+      await python.endInput();
+      await python.reading;
+      assertEquals((await within(python.process.status, TIMEOUT, "the python client to exit")).code, 0);
     },
   };
 }

@@ -2,7 +2,8 @@ import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows }
 import WsClient from "ws";
 import { Opcode } from "./frame.ts";
 import { parseServerArgs, startServer } from "./server.ts";
-import { peerMissing, RawClient, TIMEOUT, within } from "./test_util.ts";
+import { Queue, RawClient, TIMEOUT, within } from "./test_util.ts";
+import { pythonChild, pythonMissing } from "./testdata/python.ts";
 import { freePort, Lines } from "./testdata/cluster.ts";
 
 // ---------------------------------------------------------------- real clients, one scenario
@@ -23,21 +24,6 @@ interface Peer {
   done(): Promise<void>;
 }
 
-class EventQueue {
-  #events: PeerEvent[] = [];
-  #waiting: ((event: PeerEvent) => void)[] = [];
-  push(event: PeerEvent): void {
-    const waiter = this.#waiting.shift();
-    if (waiter) waiter(event);
-    else this.#events.push(event);
-  }
-  next(): Promise<PeerEvent> {
-    const event = this.#events.shift();
-    if (event) return Promise.resolve(event);
-    return within(new Promise((resolve) => this.#waiting.push(resolve)), TIMEOUT, "client event");
-  }
-}
-
 const pattern = (size: number) => new Uint8Array(size).map((_, i) => i % 251);
 const checksum = (bytes: Uint8Array) => bytes.reduce((sum, byte) => (sum + byte) % 2 ** 32, 0);
 const binaryEvent = (bytes: Uint8Array): PeerEvent => ({ ev: "binary", length: bytes.length, sum: checksum(bytes) });
@@ -46,7 +32,7 @@ const binaryEvent = (bytes: Uint8Array): PeerEvent => ({ ev: "binary", length: b
 // browser-style WebSocket and ws have.
 function socketPeer(
   socket: { send(data: string | Uint8Array): void; close(code: number, reason: string): void },
-  events: EventQueue,
+  events: Queue<PeerEvent>,
   closed: Promise<void>,
 ): Peer {
   return {
@@ -59,7 +45,7 @@ function socketPeer(
 }
 
 function denoPeer(url: string): Peer {
-  const events = new EventQueue();
+  const events = new Queue<PeerEvent>();
   const closed = Promise.withResolvers<void>();
   const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
@@ -76,7 +62,7 @@ function denoPeer(url: string): Peer {
 }
 
 function nodeWsPeer(url: string): Peer {
-  const events = new EventQueue();
+  const events = new Queue<PeerEvent>();
   const closed = Promise.withResolvers<void>();
   const socket = new WsClient(url, { perMessageDeflate: false });
   socket.on("open", () => events.push({ ev: "open" }));
@@ -92,44 +78,32 @@ function nodeWsPeer(url: string): Peer {
   return socketPeer(socket, events, closed.promise);
 }
 
-const PYTHON = "/usr/bin/python3";
+// What python_peer.py prints; next() reports it as the other peers do (binary by length and sum).
+type PythonEvent =
+  | { ev: "open"; extensions: string | null }
+  | { ev: "text"; data: string }
+  | { ev: "binary"; b64: string }
+  | { ev: "close"; code: number; reason: string };
 
 function pythonPeer(url: string): Peer {
-  const events = new EventQueue();
-  const child = new Deno.Command(PYTHON, {
-    args: [new URL("./testdata/python_peer.py", import.meta.url).pathname, url],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const stdin = child.stdin.getWriter();
-  const reading = (async () => {
-    let pending = "";
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      pending += chunk;
-      for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
-        events.push(JSON.parse(pending.slice(0, newline)));
-        pending = pending.slice(newline + 1);
-      }
-    }
-  })();
-  const command = (value: unknown) => void stdin.write(new TextEncoder().encode(JSON.stringify(value) + "\n"));
+  const python = pythonChild<PythonEvent>("./python_peer.py", [url]);
   return {
-    next: () => events.next(),
-    send: (text) => command({ op: "send", text }),
-    sendBinary: (size) => command({ op: "sendBinary", size }),
-    close: (code, reason) => command({ op: "close", code, reason }),
+    async next() {
+      const event = await python.events.next("client event");
+      if (event.ev === "open") return { ev: "open" };
+      if (event.ev === "binary") return binaryEvent(Uint8Array.fromBase64(event.b64));
+      return event;
+    },
+    send: (text) => python.send({ op: "send", text }),
+    sendBinary: (size) => python.send({ op: "sendBinary", b64: pattern(size).toBase64() }),
+    close: (code, reason) => python.send({ op: "close", code, reason }),
     async done() {
-      await stdin.close().catch(() => {});
-      await within(reading, TIMEOUT, "the python client's output to end");
-      assertEquals((await within(child.status, TIMEOUT, "python client to exit")).code, 0);
+      await python.endInput();
+      await within(python.reading, TIMEOUT, "the python client's output to end");
+      assertEquals((await within(python.process.status, TIMEOUT, "python client to exit")).code, 0);
     },
   };
 }
-
-const pythonMissing = peerMissing(() =>
-  new Deno.Command(PYTHON, { args: ["-c", "import websockets"], stderr: "null" }).outputSync().success
-);
 
 async function until(condition: () => boolean, what: string): Promise<void> {
   const deadline = Date.now() + TIMEOUT;

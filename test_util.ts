@@ -49,6 +49,23 @@ export async function within<T>(promise: Promise<T>, ms = TIMEOUT, what = "opera
   }
 }
 
+/** Items in the order pushed; `next` waits for one, for at most `ms`. */
+export class Queue<T> {
+  #items: T[] = [];
+  #waiting: ((item: T) => void)[] = [];
+
+  push(item: T): void {
+    const waiter = this.#waiting.shift();
+    if (waiter) waiter(item);
+    else this.#items.push(item);
+  }
+
+  next(what = "event", ms = TIMEOUT): Promise<T> {
+    if (this.#items.length > 0) return Promise.resolve(this.#items.shift()!);
+    return within(new Promise<T>((resolve) => this.#waiting.push(resolve)), ms, what);
+  }
+}
+
 /** A promise settled by `resolve`, whose `promise` rejects if it has not within `TIMEOUT` of being asked for. */
 export interface Bounded {
   resolve(): void;
