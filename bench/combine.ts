@@ -82,22 +82,24 @@ function cell(values: number[] | undefined): string {
   return `${median(values).toFixed(2)}× (${values.map((value) => value.toFixed(2)).join(" · ")})`;
 }
 
-// A before/after column when the runs measured base (main before a change) too, and
-// one for the floor of Deno's public API against Deno's own server when they measured it.
+// A before/after column when the runs measured base (main before a change) too, and two
+// for the floor of Deno's public API when they measured it: against Deno's own server, and ours against it.
 const withBase = [...table.values()].some((byReference) => byReference.has("base"));
 const withFloor = floorToDeno.size > 0;
 console.log(
   `| scenario |${withBase ? " per CPU-s ours/base |" : ""} per CPU-s ours/Deno |${
-    withFloor ? " per CPU-s floor/Deno |" : ""
+    withFloor ? " per CPU-s floor/Deno | per CPU-s ours/floor |" : ""
   } msgs/s ours/Deno | p99 ours/Deno | per CPU-s ours/uWS | short of |`,
 );
 console.log(
-  `| --- |${withBase ? " --- |" : ""} --- |${withFloor ? " --- |" : ""} --- | --- | --- | --- |`,
+  `| --- |${withBase ? " --- |" : ""} --- |${withFloor ? " --- | --- |" : ""} --- | --- | --- | --- |`,
 );
 for (const [scenario, byReference] of table) {
   const deno = byReference.get("deno"), uws = byReference.get("uws");
   const base = withBase ? ` ${cell(byReference.get("base")?.get("perCpuSecond"))} |` : "";
-  const floor = withFloor ? ` ${cell(floorToDeno.get(scenario))} |` : "";
+  const floor = withFloor
+    ? ` ${cell(floorToDeno.get(scenario))} | ${cell(byReference.get("floor")?.get("perCpuSecond"))} |`
+    : "";
   const short = misses(kindOf(scenario), ({ reference, figure }) => {
     const values = byReference.get(reference)?.get(figure);
     return values?.length ? median(values) : undefined;
