@@ -8,7 +8,7 @@ import { deflateStats } from "./_deflate.ts";
 import { type CompressionMode, type Connection, type HttpResponse, Protocol } from "./protocol.ts";
 import { startServer } from "./server.ts";
 import { encoder, jsonText, peerMissing, Queue, TIMEOUT, within } from "./test_util.ts";
-import { pythonChild, pythonMissing } from "./testdata/python.ts";
+import { type PeerScriptEvent, pythonChild, pythonMissing } from "./testdata/python.ts";
 
 const SHARED = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
@@ -184,14 +184,8 @@ for (const [mode, offer, answer] of CASES) {
 
 // ---------------------------------------------------------------- Python websockets
 
-type PythonEvent =
-  | { ev: "open"; extensions: string | null }
-  | { ev: "text"; data: string }
-  | { ev: "binary"; b64: string }
-  | { ev: "close" };
-
 async function pythonPeer(url: string, offer: Offer): Promise<DeflatePeer> {
-  const python = pythonChild<PythonEvent>("./python_peer.py", [url, offer]);
+  const python = pythonChild<PeerScriptEvent>("./python_peer.py", [url, offer]);
   const open = await python.events.next("the python client to connect", 10_000);
   if (open.ev !== "open") throw new Error(`expected the open event, got ${JSON.stringify(open)}`);
   return {

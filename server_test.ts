@@ -3,7 +3,7 @@ import WsClient from "ws";
 import { Opcode } from "./frame.ts";
 import { parseServerArgs, startServer } from "./server.ts";
 import { Queue, RawClient, TIMEOUT, within } from "./test_util.ts";
-import { pythonChild, pythonMissing } from "./testdata/python.ts";
+import { type PeerScriptEvent, pythonChild, pythonMissing } from "./testdata/python.ts";
 import { freePort, Lines } from "./testdata/cluster.ts";
 
 // ---------------------------------------------------------------- real clients, one scenario
@@ -78,15 +78,9 @@ function nodeWsPeer(url: string): Peer {
   return socketPeer(socket, events, closed.promise);
 }
 
-// What python_peer.py prints; next() reports it as the other peers do (binary by length and sum).
-type PythonEvent =
-  | { ev: "open"; extensions: string | null }
-  | { ev: "text"; data: string }
-  | { ev: "binary"; b64: string }
-  | { ev: "close"; code: number; reason: string };
-
+// next() reports python_peer.py's events as the other peers do (binary by length and sum).
 function pythonPeer(url: string): Peer {
-  const python = pythonChild<PythonEvent>("./python_peer.py", [url]);
+  const python = pythonChild<PeerScriptEvent>("./python_peer.py", [url]);
   return {
     async next() {
       const event = await python.events.next("client event");

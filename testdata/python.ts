@@ -7,6 +7,13 @@ export const pythonMissing: boolean = peerMissing(() =>
   new Deno.Command(PYTHON, { args: ["-c", "import websockets"], stderr: "null" }).outputSync().success
 );
 
+/** What python_peer.py prints, one JSON object a line. */
+export type PeerScriptEvent =
+  | { ev: "open"; extensions: string | null }
+  | { ev: "text"; data: string }
+  | { ev: "binary"; b64: string }
+  | { ev: "close"; code: number; reason: string };
+
 /** A Python script of testdata/ that reads commands from its stdin and prints events, one JSON object a line. */
 export interface PythonChild<T> {
   readonly process: Deno.ChildProcess;
