@@ -37,7 +37,6 @@ async function closeAll(clients: Recorder[]): Promise<void> {
   );
 }
 
-/** A queue of events that a test waits on, each wait bounded. */
 const TIMED_OUT = Symbol("timed out");
 
 /** The promise's value, or TIMED_OUT after `ms`; the timer is always cleared. */

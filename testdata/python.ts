@@ -2,7 +2,7 @@
 // cannot see Debian's modules), and its scripts here, driven by JSON lines. Not part of the module.
 import { peerMissing, Queue } from "../test_util.ts";
 
-export const PYTHON = "/usr/bin/python3";
+const PYTHON = "/usr/bin/python3";
 export const pythonMissing: boolean = peerMissing(() =>
   new Deno.Command(PYTHON, { args: ["-c", "import websockets"], stderr: "null" }).outputSync().success
 );
